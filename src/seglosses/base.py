@@ -1,0 +1,96 @@
+"""The base class of every loss module, and the reduction over images.
+
+A loss module only stores configuration (kornia style); the maths lives in the family's
+functions. Every module has three granularities that give the same numbers:
+
+- ``per_pixel(logits, target) -> (B, *S)`` where the loss has a per-pixel form; ignored pixels
+  hold 0 and ``per_image == per_pixel.sum(spatial) / valid_count``;
+- ``per_image(logits, target) -> (B,)``;
+- ``forward(logits, target)`` = ``reduction`` over images.
+
+Losses compose: ``0.3 * CrossEntropyLoss() + 0.7 * DiceLoss()`` is a :class:`~seglosses.compound.Weighted`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+
+from seglosses._checks import check_one_of, fail
+from seglosses.targets import MODES, infer_mode
+
+REDUCTIONS: tuple[str, ...] = ("mean", "sum", "none")
+
+
+def reduce_images(per_image: Tensor, reduction: str) -> Tensor:
+    """Reduce (B,) per-image losses: "mean", "sum" or "none" (returns them unchanged)."""
+    check_one_of("reduction", reduction, REDUCTIONS)
+    if reduction == "mean":
+        return per_image.mean()
+    if reduction == "sum":
+        return per_image.sum()
+    return per_image
+
+
+class Loss(nn.Module):
+    """Base class: configuration plus the three granularities of the loss contract.
+
+    Subclasses set ``modes`` (the modes they support) and ``has_per_pixel``, store their options in
+    ``self.options`` and implement :meth:`per_image` (and :meth:`per_pixel` when ``has_per_pixel``).
+    """
+
+    modes: ClassVar[tuple[str, ...]] = MODES
+    has_per_pixel: ClassVar[bool] = False
+
+    def __init__(self, reduction: str = "mean", **options: Any) -> None:
+        super().__init__()
+        check_one_of("reduction", reduction, REDUCTIONS)
+        self.reduction = reduction
+        self.options = options
+
+    # The option every mode-aware loss stores; used by the envelope and the harness.
+    @property
+    def ignore_index(self) -> int | None:
+        return self.options.get("ignore_index")
+
+    @property
+    def mode(self) -> str | None:
+        return self.options.get("mode")
+
+    def check_mode(self, logits: Tensor) -> str:
+        """The mode for these logits, refusing modes this loss does not support."""
+        mode = infer_mode(logits.shape[1], self.mode)
+        if mode not in self.modes:
+            fail("mode", f"one of {list(self.modes)} for {type(self).__name__}", repr(mode))
+        return mode
+
+    def per_image(self, logits: Tensor, target: Tensor) -> Tensor:
+        """Loss of each image, (B,)."""
+        raise NotImplementedError
+
+    def per_pixel(self, logits: Tensor, target: Tensor) -> Tensor:
+        """Loss of each pixel, (B, *S), whose mean over an image's counted pixels is its per-image loss."""
+        raise TypeError(
+            f"`{type(self).__name__}` has no per-pixel form (its value is not a mean of per-pixel terms); "
+            "use per_image(), or a loss with has_per_pixel=True, e.g. cross_entropy, dice, ce_dice_pixel."
+        )
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        return reduce_images(self.per_image(logits, target), self.reduction)
+
+    def extra_repr(self) -> str:
+        shown = {k: v for k, v in self.options.items() if v is not None}
+        return ", ".join(f"{k}={v!r}" for k, v in shown.items())
+
+    def __add__(self, other: Loss) -> Loss:
+        from seglosses.compound import Weighted
+
+        return Weighted.of(self) + other
+
+    def __mul__(self, weight: float) -> Loss:
+        from seglosses.compound import Weighted
+
+        return Weighted([(weight, self)])
+
+    __rmul__ = __mul__

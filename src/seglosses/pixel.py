@@ -1,0 +1,415 @@
+"""Per-pixel losses: cross-entropy (weighted), TopK cross-entropy and focal loss.
+
+Each has a native per-pixel form. In multiclass mode the cross-entropy of a pixel is
+:math:`-\\sum_c t_c \\log p_c` (softmax); in binary and multilabel modes it is the binary
+cross-entropy of each channel (sigmoid), averaged over channels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from seglosses._checks import check_class_weights, check_number, check_type, fail
+from seglosses.base import Loss, reduce_images
+from seglosses.registry import register_loss
+from seglosses.targets import Prepared, prepare
+
+__all__ = [
+    "CrossEntropyLoss",
+    "FocalLoss",
+    "TopKCrossEntropyLoss",
+    "cross_entropy",
+    "cross_entropy_per_pixel",
+    "focal_loss",
+    "focal_loss_per_pixel",
+    "pixel_cross_entropy",
+    "topk_cross_entropy",
+    "topk_cross_entropy_per_pixel",
+]
+
+
+def pixel_cross_entropy(prepared: Prepared, class_weights: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """Unnormalised per-pixel cross-entropy and the per-pixel weights it carries.
+
+    Multiclass: value :math:`\\sum_c w_c t_c (-\\log p_c)` and weight :math:`\\sum_c w_c t_c`
+    (= :math:`w_{y}` for one-hot targets). Sigmoid modes: the channel mean of
+    :math:`w_c\\,\\mathrm{BCE}(z_c, t_c)`, weight None (a channel weight does not weigh pixels).
+
+    Returns:
+        ``(values, pixel_weights)``: (B, *S) tensors, ``pixel_weights`` None when uniform.
+    """
+    if prepared.mode == "multiclass":
+        log_probs = prepared.logits.log_softmax(dim=1)
+        if prepared.labels is not None and class_weights is None:
+            return -log_probs.gather(1, prepared.labels.unsqueeze(1)).squeeze(1), None
+        weighted_target = prepared.target if class_weights is None else prepared.target * _channel(class_weights, prepared)
+        values = -(weighted_target * log_probs).sum(dim=1)
+        return values, (None if class_weights is None else weighted_target.sum(dim=1))
+    bce = F.binary_cross_entropy_with_logits(prepared.logits, prepared.target, reduction="none")
+    if class_weights is not None:
+        return (bce * _channel(class_weights, prepared)).mean(dim=1), None
+    return bce.mean(dim=1), None
+
+
+def _channel(weights: Tensor, prepared: Prepared) -> Tensor:
+    """(C,) weights shaped to broadcast over (B, C, *S)."""
+    return weights.view(1, -1, *([1] * len(prepared.spatial_dims)))
+
+
+def weighted_mean_per_pixel(values: Tensor, pixel_weights: Tensor | None, prepared: Prepared) -> Tensor:
+    """Per-pixel terms whose image mean equals the weighted mean :math:`\\sum w v / \\sum w`."""
+    values = prepared.mask(values)
+    if pixel_weights is None:
+        return values
+    pixel_weights = prepared.mask(pixel_weights)
+    scale = prepared.valid_count() / pixel_weights.sum(dim=prepared.pixel_dims).clamp_min(1e-12)
+    return values * pixel_weights * scale.view(-1, *([1] * len(prepared.pixel_dims)))
+
+
+# --------------------------------------------------------------------------- cross-entropy
+
+
+def _cross_entropy_map(prepared: Prepared, class_weights) -> Tensor:
+    weights = check_class_weights("class_weights", class_weights, prepared.num_classes, prepared.logits)
+    values, pixel_weights = pixel_cross_entropy(prepared, weights)
+    return weighted_mean_per_pixel(values, pixel_weights, prepared)
+
+
+def cross_entropy_per_pixel(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    mode: str | None = None,
+    class_weights: Sequence[float] | Tensor | None = None,
+    ignore_index: int | None = None,
+) -> Tensor:
+    r"""Per-pixel (weighted) cross-entropy, (B, *S); see :func:`cross_entropy`.
+
+    With class weights each pixel carries :math:`w_{y_n} (-\log p_{n,y_n}) \cdot P_i / \sum_n w_{y_n}`,
+    so that its mean over the image's counted pixels is the weighted mean.
+    """
+    prepared = prepare(logits, target, mode=mode, ignore_index=ignore_index)
+    return _cross_entropy_map(prepared, class_weights)
+
+
+def cross_entropy(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    mode: str | None = None,
+    class_weights: Sequence[float] | Tensor | None = None,
+    ignore_index: int | None = None,
+    reduction: str = "mean",
+) -> Tensor:
+    r"""Cross-entropy per image, with optional class weights (weighted CE).
+
+    .. math::
+        L_i = \frac{\sum_n w_{y_n}\,(-\log p_{n,y_n})}{\sum_n w_{y_n}}
+
+    over the counted pixels :math:`n` of image :math:`i` (PyTorch's weighted mean, taken per
+    image; soft targets use :math:`\sum_c w_c t_{nc}` as the pixel weight). In binary and
+    multilabel modes it is the binary cross-entropy averaged over pixels and channels, the
+    channels weighted by ``class_weights``. An image with no counted pixel has loss 0.
+
+    Reference: survey (Azad et al.) eqs. 1-2, normalised as in PyTorch.
+
+    Args:
+        logits: (B, C, *S) scores.
+        target: labels (B, *S) / (B, 1, *S) or a dense (B, C, *S) target.
+        mode: "multiclass", "binary" or "multilabel"; inferred from C when None.
+        class_weights: (C,) non-negative weights, or None.
+        ignore_index: label whose pixels are ignored.
+        reduction: "mean" or "sum" over images, or "none" for the (B,) per-image losses.
+
+    Returns:
+        A scalar, or (B,) for ``reduction="none"``.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits = torch.randn(2, 3, 8, 8)
+        >>> labels = torch.randint(0, 3, (2, 8, 8))
+        >>> loss = cross_entropy(logits, labels)
+        >>> torch.allclose(loss, torch.nn.functional.cross_entropy(logits, labels))
+        True
+    """
+    prepared = prepare(logits, target, mode=mode, ignore_index=ignore_index)
+    return reduce_images(prepared.image_mean(_cross_entropy_map(prepared, class_weights)), reduction)
+
+
+@register_loss("cross_entropy")
+class CrossEntropyLoss(Loss):
+    """Module form of :func:`cross_entropy` (weighted cross-entropy)."""
+
+    has_per_pixel = True
+
+    def __init__(
+        self,
+        *,
+        mode: str | None = None,
+        class_weights: Sequence[float] | Tensor | None = None,
+        ignore_index: int | None = None,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__(reduction, mode=mode, class_weights=class_weights, ignore_index=ignore_index)
+
+    def per_pixel(self, logits: Tensor, target: Tensor) -> Tensor:
+        self.check_mode(logits)
+        return cross_entropy_per_pixel(logits, target, **self.options)
+
+    def per_image(self, logits: Tensor, target: Tensor) -> Tensor:
+        self.check_mode(logits)
+        return cross_entropy(logits, target, **self.options, reduction="none")
+
+
+# --------------------------------------------------------------------------- TopK cross-entropy
+
+
+def _topk_map(prepared: Prepared, k: float, batch: bool, class_weights) -> Tensor:
+    """Per-pixel terms of TopK-CE: the selected pixels' CE, scaled so image means give the loss."""
+    k = check_number("k", k, low=0.0, high=1.0, low_inclusive=False)
+    check_type("batch", batch, bool)
+    weights = check_class_weights("class_weights", class_weights, prepared.num_classes, prepared.logits)
+    values, pixel_weights = pixel_cross_entropy(prepared, weights)
+    if pixel_weights is not None:  # nnU-Net style: rank and average the weighted CE values
+        values = values * pixel_weights
+    values = prepared.mask(values)
+    num_images = values.shape[0]
+    valid = prepared.valid_bool()
+    flat_values = values.reshape(1 if batch else num_images, -1)
+    flat_valid = valid.reshape(flat_values.shape)
+    # The kept count depends on the counted pixels; its upper bound is static, so topk needs no sync.
+    counted = flat_valid.sum(dim=1)
+    keep = torch.ceil(counted * k).clamp_min(1).minimum(counted.clamp_min(1))
+    bound = max(1, min(flat_values.shape[1], math.ceil(k * flat_values.shape[1]) + 1))
+    ranked = flat_values.detach().masked_fill(~flat_valid, -math.inf)
+    top_positions = ranked.topk(bound, dim=1).indices
+    chosen = torch.arange(bound, device=values.device).unsqueeze(0) < keep.unsqueeze(1)
+    selected = torch.zeros_like(flat_valid).scatter_(1, top_positions, chosen) & flat_valid
+    scale = 1.0 / keep.to(values.dtype)  # mean over the kept pixels of each unit (image or batch)
+    if batch:
+        # Image i's share of the batch mean, spread over its counted pixels.
+        scale = scale * num_images
+    per_pixel = values * selected.reshape(values.shape) * scale.view(-1, *([1] * (values.ndim - 1)))
+    return per_pixel * prepared.valid_count().view(-1, *([1] * (values.ndim - 1)))
+
+
+def topk_cross_entropy_per_pixel(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    k: float = 0.1,
+    batch: bool = True,
+    mode: str | None = None,
+    class_weights: Sequence[float] | Tensor | None = None,
+    ignore_index: int | None = None,
+) -> Tensor:
+    """Per-pixel terms of :func:`topk_cross_entropy`, (B, *S): zero outside the kept pixels."""
+    prepared = prepare(logits, target, mode=mode, ignore_index=ignore_index)
+    return _topk_map(prepared, k, batch, class_weights)
+
+
+def topk_cross_entropy(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    k: float = 0.1,
+    batch: bool = True,
+    mode: str | None = None,
+    class_weights: Sequence[float] | Tensor | None = None,
+    ignore_index: int | None = None,
+    reduction: str = "mean",
+) -> Tensor:
+    r"""TopK cross-entropy: the mean cross-entropy of the hardest fraction ``k`` of pixels.
+
+    .. math::
+        L = \frac{1}{|\mathcal K|}\sum_{n\in\mathcal K} w_{y_n}(-\log p_{n,y_n}),\qquad
+        |\mathcal K| = \max(1, \lceil k\,N \rceil)
+
+    where :math:`\mathcal K` holds the largest values among the :math:`N` counted pixels of the
+    whole batch (``batch=True``, as nnU-Net and SegLoss) or of each image (``batch=False``).
+    In batch mode the (B,) per-image values are each image's share of the batch loss (their
+    mean is the batch loss). Ties are broken by ``torch.topk``.
+
+    Reference: Wu et al., "Bridging category-level and instance-level semantic image
+    segmentation", 2016; survey eq. 3 (which omits the :math:`1/|\mathcal K|`).
+
+    Args:
+        logits: (B, C, *S) scores.
+        target: labels (B, *S) / (B, 1, *S) or a dense (B, C, *S) target.
+        k: fraction of pixels kept, in (0, 1].
+        batch: rank over the flattened batch (True) or within each image (False).
+        mode, class_weights, ignore_index, reduction: as in :func:`cross_entropy`.
+
+    Returns:
+        A scalar, or (B,) for ``reduction="none"``.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> ce = torch.nn.functional.cross_entropy(logits, labels, reduction="none").flatten()
+        >>> torch.allclose(topk_cross_entropy(logits, labels, k=0.25), ce.topk(32).values.mean())
+        True
+    """
+    prepared = prepare(logits, target, mode=mode, ignore_index=ignore_index)
+    return reduce_images(prepared.image_mean(_topk_map(prepared, k, batch, class_weights)), reduction)
+
+
+@register_loss("topk_ce")
+class TopKCrossEntropyLoss(Loss):
+    """Module form of :func:`topk_cross_entropy`."""
+
+    has_per_pixel = True
+
+    def __init__(
+        self,
+        *,
+        k: float = 0.1,
+        batch: bool = True,
+        mode: str | None = None,
+        class_weights: Sequence[float] | Tensor | None = None,
+        ignore_index: int | None = None,
+        reduction: str = "mean",
+    ) -> None:
+        check_number("k", k, low=0.0, high=1.0, low_inclusive=False)
+        check_type("batch", batch, bool)
+        super().__init__(
+            reduction, k=k, batch=batch, mode=mode, class_weights=class_weights, ignore_index=ignore_index
+        )
+
+    def per_pixel(self, logits: Tensor, target: Tensor) -> Tensor:
+        self.check_mode(logits)
+        return topk_cross_entropy_per_pixel(logits, target, **self.options)
+
+    def per_image(self, logits: Tensor, target: Tensor) -> Tensor:
+        self.check_mode(logits)
+        return topk_cross_entropy(logits, target, **self.options, reduction="none")
+
+
+# --------------------------------------------------------------------------- focal
+
+
+def _focal_alpha(alpha, prepared: Prepared) -> Tensor | None:
+    """Per-channel weights of the positive term; sigmoid modes weigh negatives by 1 - alpha."""
+    if alpha is None:
+        return None
+    num_classes = prepared.num_classes
+    if isinstance(alpha, (int, float)) and not isinstance(alpha, bool):
+        alpha = check_number("alpha", alpha, low=0.0, high=1.0)
+        if prepared.mode == "multiclass":  # MONAI's convention: background 1 - alpha, the rest alpha
+            return prepared.logits.new_tensor([1.0 - alpha] + [alpha] * (num_classes - 1))
+        return prepared.logits.new_full((num_classes,), alpha)
+    weights = check_class_weights("alpha", alpha, num_classes, prepared.logits)
+    if prepared.mode != "multiclass" and bool((weights > 1).any()):
+        fail("alpha", "in [0, 1] per channel in sigmoid modes", weights.tolist())
+    return weights
+
+
+def _focal_map(prepared: Prepared, gamma: float, alpha) -> Tensor:
+    gamma = check_number("gamma", gamma, low=0.0)
+    alpha = _focal_alpha(alpha, prepared)
+    tiny = torch.finfo(prepared.logits.dtype).tiny
+    if prepared.mode == "multiclass":
+        log_probs = prepared.logits.log_softmax(dim=1)
+        modulation = (1.0 - log_probs.exp()).clamp_min(tiny) ** gamma
+        weighted_target = prepared.target if alpha is None else prepared.target * _channel(alpha, prepared)
+        return prepared.mask(-(weighted_target * modulation * log_probs).sum(dim=1))
+    target = prepared.target
+    bce = F.binary_cross_entropy_with_logits(prepared.logits, target, reduction="none")
+    probs = prepared.logits.sigmoid()
+    p_true = probs * target + (1.0 - probs) * (1.0 - target)
+    values = bce * (1.0 - p_true).clamp_min(tiny) ** gamma
+    if alpha is not None:
+        alpha = _channel(alpha, prepared)
+        values = values * (alpha * target + (1.0 - alpha) * (1.0 - target))
+    return prepared.mask(values.mean(dim=1))
+
+
+def focal_loss_per_pixel(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    gamma: float = 2.0,
+    alpha: float | Sequence[float] | Tensor | None = None,
+    mode: str | None = None,
+    ignore_index: int | None = None,
+) -> Tensor:
+    """Per-pixel focal loss, (B, *S); see :func:`focal_loss`."""
+    prepared = prepare(logits, target, mode=mode, ignore_index=ignore_index)
+    return _focal_map(prepared, gamma, alpha)
+
+
+def focal_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    gamma: float = 2.0,
+    alpha: float | Sequence[float] | Tensor | None = None,
+    mode: str | None = None,
+    ignore_index: int | None = None,
+    reduction: str = "mean",
+) -> Tensor:
+    r"""Focal loss: cross-entropy down-weighted on well-classified pixels.
+
+    .. math::
+        L_i = \frac1{P_i}\sum_n \sum_c \alpha_c\, t_{nc}\,(1-p_{nc})^{\gamma}\,(-\log p_{nc})
+
+    in multiclass mode (softmax; the sum over classes is not divided by C, so MONAI's
+    ``FocalLoss(use_softmax=True)`` with its element-wise mean is this value divided by C). In
+    binary and multilabel modes it is the sigmoid focal loss of Lin et al. per channel,
+    :math:`\alpha_t (1-p_t)^\gamma \mathrm{BCE}`, with :math:`\alpha_t=\alpha` on positives and
+    :math:`1-\alpha` on negatives, averaged over channels.
+
+    Reference: Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017.
+
+    Args:
+        logits: (B, C, *S) scores.
+        target: labels (B, *S) / (B, 1, *S) or a dense (B, C, *S) target.
+        gamma: focusing parameter, >= 0 (0 gives cross-entropy).
+        alpha: None (no weighting; Lin used 0.25 for detection), a float (sigmoid modes: weight of
+            positives; multiclass: foreground classes get alpha and background 1 - alpha) or a (C,)
+            sequence of per-class weights.
+        mode, ignore_index, reduction: as in :func:`cross_entropy`.
+
+    Returns:
+        A scalar, or (B,) for ``reduction="none"``.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> torch.allclose(focal_loss(logits, labels, gamma=0.0), cross_entropy(logits, labels))
+        True
+    """
+    prepared = prepare(logits, target, mode=mode, ignore_index=ignore_index)
+    return reduce_images(prepared.image_mean(_focal_map(prepared, gamma, alpha)), reduction)
+
+
+@register_loss("focal")
+class FocalLoss(Loss):
+    """Module form of :func:`focal_loss`."""
+
+    has_per_pixel = True
+
+    def __init__(
+        self,
+        *,
+        gamma: float = 2.0,
+        alpha: float | Sequence[float] | Tensor | None = None,
+        mode: str | None = None,
+        ignore_index: int | None = None,
+        reduction: str = "mean",
+    ) -> None:
+        check_number("gamma", gamma, low=0.0)
+        super().__init__(reduction, gamma=gamma, alpha=alpha, mode=mode, ignore_index=ignore_index)
+
+    def per_pixel(self, logits: Tensor, target: Tensor) -> Tensor:
+        self.check_mode(logits)
+        return focal_loss_per_pixel(logits, target, **self.options)
+
+    def per_image(self, logits: Tensor, target: Tensor) -> Tensor:
+        self.check_mode(logits)
+        return focal_loss(logits, target, **self.options, reduction="none")

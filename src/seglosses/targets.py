@@ -1,0 +1,241 @@
+"""From (logits, target) to the tensors every loss works on.
+
+:func:`prepare` is the single entry point of the loss contract: it validates shapes, dtypes and
+label ranges, infers the mode, turns integer labels into one-hot targets, builds the ignore mask
+and upcasts half-precision logits to float32 (float64 stays float64).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from seglosses._checks import check_floating, check_one_of, check_tensor, fail, value_checks_enabled
+
+Mode = Literal["multiclass", "binary", "multilabel"]
+MODES: tuple[str, ...] = ("multiclass", "binary", "multilabel")
+
+
+def infer_mode(num_channels: int, mode: str | None = None) -> str:
+    """The mode for ``num_channels`` logit channels: given, or binary for 1 channel and multiclass otherwise."""
+    if mode is None:
+        return "binary" if num_channels == 1 else "multiclass"
+    check_one_of("mode", mode, MODES)
+    if mode == "binary" and num_channels != 1:
+        fail("logits", "of shape (B, 1, *S) in binary mode", f"{num_channels} channels")
+    if mode == "multiclass" and num_channels < 2:
+        fail("logits", "of shape (B, C, *S) with C >= 2 in multiclass mode", f"{num_channels} channel")
+    return mode
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Validated inputs of a loss.
+
+    Attributes:
+        logits: (B, C, *S) float32 or float64.
+        target: (B, C, *S) dense target in [0, 1], zero at ignored pixels, same dtype as logits.
+        valid: (B, *S) float mask (1 = counted, 0 = ignored), or None when no pixel is ignored.
+        mode: "multiclass", "binary" or "multilabel".
+        labels: (B, *S) int64 class indices (ignored pixels set to 0) when the target was given
+            as integer labels in multiclass mode, else None.
+    """
+
+    logits: Tensor
+    target: Tensor
+    valid: Tensor | None
+    mode: str
+    labels: Tensor | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return self.logits.shape[1]
+
+    @property
+    def spatial_dims(self) -> tuple[int, ...]:
+        """The spatial axes of a (B, C, *S) tensor."""
+        return tuple(range(2, self.logits.ndim))
+
+    @property
+    def pixel_dims(self) -> tuple[int, ...]:
+        """The spatial axes of a (B, *S) tensor."""
+        return tuple(range(1, self.logits.ndim - 1))
+
+    def probs(self) -> Tensor:
+        """Probabilities: softmax over classes (multiclass) or sigmoid per channel."""
+        if self.mode == "multiclass":
+            return self.logits.softmax(dim=1)
+        return self.logits.sigmoid()
+
+    def log_probs(self) -> Tensor:
+        """log p, computed stably from the logits."""
+        if self.mode == "multiclass":
+            return self.logits.log_softmax(dim=1)
+        return F.logsigmoid(self.logits)
+
+    def mask(self, x: Tensor) -> Tensor:
+        """Zero the ignored pixels of a (B, C, *S) or (B, *S) tensor."""
+        if self.valid is None:
+            return x
+        valid = self.valid if x.ndim == self.valid.ndim else self.valid.unsqueeze(1)
+        return x * valid
+
+    def valid_count(self) -> Tensor:
+        """Number of counted pixels per image, (B,), in the logits' dtype."""
+        if self.valid is None:
+            pixels = self.logits[0, 0].numel()
+            return self.logits.new_full((self.logits.shape[0],), float(pixels))
+        return self.valid.sum(dim=self.pixel_dims)
+
+    def image_mean(self, per_pixel: Tensor) -> Tensor:
+        """Mean of a (B, *S) map over each image's counted pixels, (B,); 0 for an image with none."""
+        total = self.mask(per_pixel).sum(dim=self.pixel_dims)
+        return total / self.valid_count().clamp_min(1.0)
+
+    def valid_bool(self) -> Tensor:
+        """The (B, *S) boolean mask of counted pixels."""
+        if self.valid is None:
+            return torch.ones_like(self.logits[:, 0], dtype=torch.bool)
+        return self.valid.bool()
+
+
+def compute_dtype(logits: Tensor) -> torch.dtype:
+    """float64 stays float64; everything else is computed in float32 (also under autocast)."""
+    return torch.float64 if logits.dtype == torch.float64 else torch.float32
+
+
+def prepare(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    mode: str | None = None,
+    ignore_index: int | None = None,
+) -> Prepared:
+    """Validate ``logits`` and ``target`` and bring the target to dense (B, C, *S) form.
+
+    Args:
+        logits: (B, C, H, W) or (B, C, D, H, W) raw scores (never probabilities).
+        target: integer labels (B, *S) or (B, 1, *S); or a dense one-hot / soft target (B, C, *S)
+            with values in [0, 1]. Binary mode takes labels in {0, 1}; multilabel mode needs a
+            dense target.
+        mode: "multiclass", "binary" or "multilabel"; inferred from C when None.
+        ignore_index: label value whose pixels count for nothing (value and gradient). For a dense
+            target, a pixel is ignored when any of its channels equals ``ignore_index``.
+
+    Returns:
+        A :class:`Prepared` bundle.
+
+    Example:
+        >>> logits = torch.zeros(2, 3, 4, 4)
+        >>> labels = torch.zeros(2, 4, 4, dtype=torch.long)
+        >>> prepared = prepare(logits, labels)
+        >>> prepared.mode, tuple(prepared.target.shape)
+        ('multiclass', (2, 3, 4, 4))
+    """
+    check_floating("logits", logits)
+    check_tensor("target", target)
+    if logits.ndim not in (4, 5):
+        fail("logits", "of shape (B, C, H, W) or (B, C, D, H, W)", f"shape {tuple(logits.shape)}")
+    if logits.shape[0] == 0 or logits.shape[1] == 0 or logits[0, 0].numel() == 0:
+        fail("logits", "non-empty in every dimension", f"shape {tuple(logits.shape)}")
+    if target.device != logits.device:
+        fail("target", f"on the device of `logits` ({logits.device})", target.device)
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+        fail("ignore_index", "an int or None", repr(ignore_index), TypeError)
+    num_classes = logits.shape[1]
+    mode = infer_mode(num_classes, mode)
+    batch, spatial = logits.shape[0], tuple(logits.shape[2:])
+    dtype = compute_dtype(logits)
+    logits = logits.to(dtype)
+
+    if target.ndim == logits.ndim and target.shape[1] == 1 and num_classes > 1:
+        if target.is_floating_point():
+            fail("target", f"integer labels when it has one channel and the logits have {num_classes}",
+                 f"dtype {target.dtype}", TypeError)
+        target = target[:, 0]
+    if target.ndim == logits.ndim - 1:
+        return _from_labels(logits, target, mode, ignore_index, batch, spatial)
+    if tuple(target.shape) != tuple(logits.shape):
+        fail("target", f"of shape {(batch, *spatial)} (labels) or {tuple(logits.shape)} (dense)",
+             f"shape {tuple(target.shape)}")
+    return _from_dense(logits, target, mode, ignore_index)
+
+
+def _from_labels(logits, labels, mode, ignore_index, batch, spatial) -> Prepared:
+    if tuple(labels.shape) != (batch, *spatial):
+        fail("target", f"integer labels of shape {(batch, *spatial)}", f"shape {tuple(labels.shape)}")
+    if labels.is_floating_point() or labels.is_complex():
+        fail("target", "integer labels (or a dense float target of shape (B, C, *S))",
+             f"dtype {labels.dtype}", TypeError)
+    if mode == "multilabel":
+        fail("target", "a dense (B, C, *S) target in multilabel mode", f"labels of shape {tuple(labels.shape)}")
+    labels = labels.long()
+    num_labels = 2 if mode == "binary" else logits.shape[1]
+    ignored = labels == ignore_index if ignore_index is not None else None
+    if value_checks_enabled():
+        in_range = (labels >= 0) & (labels < num_labels)
+        if ignored is not None:
+            in_range |= ignored
+        if not bool(torch.isfinite(logits).all() & in_range.all()):
+            _raise_value_error(logits, labels, num_labels, ignore_index)
+    valid = None
+    if ignored is not None:
+        valid = (~ignored).to(logits.dtype)
+        labels = labels.masked_fill(ignored, 0)
+    if mode == "binary":
+        target = labels.unsqueeze(1).to(logits.dtype)
+        kept_labels = None
+    else:
+        target = torch.zeros_like(logits).scatter_(1, labels.unsqueeze(1), 1.0)
+        kept_labels = labels
+    if valid is not None:
+        target = target * valid.unsqueeze(1)
+    return Prepared(logits=logits, target=target, valid=valid, mode=mode, labels=kept_labels)
+
+
+def _from_dense(logits, target, mode, ignore_index) -> Prepared:
+    if target.is_complex():
+        fail("target", "a real tensor", f"dtype {target.dtype}", TypeError)
+    ignored = (target == ignore_index).any(dim=1) if ignore_index is not None else None
+    target = target.to(logits.dtype)
+    if value_checks_enabled():
+        in_range = (target >= 0) & (target <= 1)
+        if ignored is not None:
+            in_range |= ignored.unsqueeze(1)
+        if not bool(torch.isfinite(logits).all() & in_range.all()):
+            if not bool(torch.isfinite(logits).all()):
+                fail("logits", "finite (no NaN or infinity)", "non-finite values")
+            fail("target", "a dense target with values in [0, 1]",
+                 f"values in [{target.min().item()}, {target.max().item()}]")
+    valid = None
+    if ignored is not None:
+        valid = (~ignored).to(logits.dtype)
+        target = target.masked_fill(ignored.unsqueeze(1), 0.0)
+    return Prepared(logits=logits, target=target, valid=valid, mode=mode)
+
+
+def _raise_value_error(logits: Tensor, labels: Tensor, num_labels: int, ignore_index: int | None) -> None:
+    if not bool(torch.isfinite(logits).all()):
+        fail("logits", "finite (no NaN or infinity)", "non-finite values")
+    extra = f" or the ignore_index {ignore_index}" if ignore_index is not None else ""
+    bad = labels[(labels < 0) | (labels >= num_labels)]
+    if ignore_index is not None:
+        bad = bad[bad != ignore_index]
+    fail("target", f"labels in [0, {num_labels - 1}]{extra}", f"label values {bad.unique()[:8].tolist()}")
+
+
+def one_hot(labels: Tensor, num_classes: int) -> Tensor:
+    """(B, *S) integer labels to a float (B, C, *S) one-hot tensor.
+
+    Example:
+        >>> one_hot(torch.tensor([[0, 2]]), 3)[0].T
+        tensor([[1., 0., 0.],
+                [0., 0., 1.]])
+    """
+    return torch.zeros(labels.shape[0], num_classes, *labels.shape[1:], device=labels.device).scatter_(
+        1, labels.long().unsqueeze(1), 1.0
+    )
