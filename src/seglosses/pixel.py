@@ -47,9 +47,10 @@ def pixel_cross_entropy(prepared: Prepared, class_weights: Tensor | None = None)
         log_probs = prepared.logits.log_softmax(dim=1)
         if prepared.labels is not None and class_weights is None:
             return -log_probs.gather(1, prepared.labels.unsqueeze(1)).squeeze(1), None
-        weighted_target = prepared.target if class_weights is None else prepared.target * _channel(class_weights, prepared)
-        values = -(weighted_target * log_probs).sum(dim=1)
-        return values, (None if class_weights is None else weighted_target.sum(dim=1))
+        if class_weights is None:
+            return -(prepared.target * log_probs).sum(dim=1), None
+        weighted_target = prepared.target * _channel(class_weights, prepared)
+        return -(weighted_target * log_probs).sum(dim=1), weighted_target.sum(dim=1)
     bce = F.binary_cross_entropy_with_logits(prepared.logits, prepared.target, reduction="none")
     if class_weights is not None:
         return (bce * _channel(class_weights, prepared)).mean(dim=1), None
