@@ -62,14 +62,15 @@ def _channel(weights: Tensor, prepared: Prepared) -> Tensor:
     return weights.view(1, -1, *([1] * len(prepared.spatial_dims)))
 
 
-def weighted_mean_per_pixel(values: Tensor, pixel_weights: Tensor | None, prepared: Prepared) -> Tensor:
-    """Per-pixel terms whose image mean equals the weighted mean :math:`\\sum w v / \\sum w`."""
-    values = prepared.mask(values)
+def weighted_mean_per_pixel(weighted_values: Tensor, pixel_weights: Tensor | None, prepared: Prepared) -> Tensor:
+    """Per-pixel terms whose image mean is the weighted mean :math:`\\sum_n w_n v_n / \\sum_n w_n`,
+    from the already weighted values :math:`w_n v_n`."""
+    weighted_values = prepared.mask(weighted_values)
     if pixel_weights is None:
-        return values
-    pixel_weights = prepared.mask(pixel_weights)
-    scale = prepared.valid_count() / pixel_weights.sum(dim=prepared.pixel_dims).clamp_min(1e-12)
-    return values * pixel_weights * scale.view(-1, *([1] * len(prepared.pixel_dims)))
+        return weighted_values
+    weight_total = prepared.mask(pixel_weights).sum(dim=prepared.pixel_dims)
+    scale = prepared.valid_count() / weight_total.clamp_min(1e-12)
+    return weighted_values * scale.view(-1, *([1] * len(prepared.pixel_dims)))
 
 
 # --------------------------------------------------------------------------- cross-entropy
@@ -175,17 +176,16 @@ def _topk_map(prepared: Prepared, k: float, batch: bool, class_weights) -> Tenso
     k = check_number("k", k, low=0.0, high=1.0, low_inclusive=False)
     check_type("batch", batch, bool)
     weights = check_class_weights("class_weights", class_weights, prepared.num_classes, prepared.logits)
-    values, pixel_weights = pixel_cross_entropy(prepared, weights)
-    if pixel_weights is not None:  # nnU-Net style: rank and average the weighted CE values
-        values = values * pixel_weights
-    values = prepared.mask(values)
+    # nnU-Net style: rank and average the weighted CE values (not renormalised by the weights).
+    values = prepared.mask(pixel_cross_entropy(prepared, weights)[0])
     num_images = values.shape[0]
     valid = prepared.valid_bool()
     flat_values = values.reshape(1 if batch else num_images, -1)
     flat_valid = valid.reshape(flat_values.shape)
     # The kept count depends on the counted pixels; its upper bound is static, so topk needs no sync.
     counted = flat_valid.sum(dim=1)
-    keep = torch.ceil(counted * k).clamp_min(1).minimum(counted.clamp_min(1))
+    # ceil(k * N) in float64, minus a hair so that e.g. 0.1 * 30 keeps 3 pixels, not 4.
+    keep = torch.ceil(counted.double() * k - 1e-9).clamp_min(1).minimum(counted.clamp_min(1))
     bound = max(1, min(flat_values.shape[1], math.ceil(k * flat_values.shape[1]) + 1))
     ranked = flat_values.detach().masked_fill(~flat_valid, -math.inf)
     top_positions = ranked.topk(bound, dim=1).indices
