@@ -200,6 +200,8 @@ def _from_labels(logits, labels, mode, ignore_index, batch, spatial) -> Prepared
 def _from_dense(logits, target, mode, ignore_index) -> Prepared:
     if target.is_complex():
         fail("target", "a real tensor", f"dtype {target.dtype}", TypeError)
+    if ignore_index in (0, 1):  # 0 and 1 are target values: every one-hot pixel would be ignored
+        fail("ignore_index", "outside [0, 1] with a dense target (0 and 1 are target values)", ignore_index)
     ignored = (target == ignore_index).any(dim=1) if ignore_index is not None else None
     target = target.to(logits.dtype)
     if value_checks_enabled():
