@@ -62,7 +62,8 @@ def test_cross_entropy_matches_torch_on_acdc_slices(acdc_slices, device):
     logits, labels = (t.to(device) for t in acdc_slices)
     weights = torch.tensor([0.5, 2.0, 1.0, 1.5], dtype=torch.float64, device=device)
     ours = seglosses.cross_entropy(logits, labels, class_weights=weights, reduction="none")
-    reference = torch.stack([F.cross_entropy(x[None], y[None], weight=weights) for x, y in zip(logits, labels)])
+    pairs = zip(logits, labels, strict=True)
+    reference = torch.stack([F.cross_entropy(x[None], y[None], weight=weights) for x, y in pairs])
     torch.testing.assert_close(ours, reference)
 
 

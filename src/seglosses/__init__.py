@@ -1,10 +1,11 @@
 """seglosses: validated, fast segmentation losses, the Top-k / Bottom-all-but-sigma envelope and
 metrics for medical image segmentation in PyTorch."""
 
-from seglosses import compound, pixel, region
+from seglosses import compound, envelope, pixel, region
 from seglosses._checks import set_value_checks, value_checks
 from seglosses.base import Loss, reduce_images
 from seglosses.compound import *  # noqa: F403
+from seglosses.envelope import *  # noqa: F403
 from seglosses.pixel import *  # noqa: F403
 from seglosses.region import *  # noqa: F403
 from seglosses.registry import create_loss, list_losses, loss_class, register_loss
@@ -23,6 +24,7 @@ __all__ = [
     "set_value_checks",
     "value_checks",
     *compound.__all__,
+    *envelope.__all__,
     *pixel.__all__,
     *region.__all__,
 ]
