@@ -43,6 +43,7 @@ from seglosses.pixel import (
 from seglosses.region import (
     DiceLoss,
     FocalTverskyLoss,
+    _dice_counts,
     _dice_parts,
     class_average_weights,
     dice_loss,
@@ -497,11 +498,12 @@ def _combo_terms(prepared: Prepared, alpha, beta, include_background, class_weig
     target = prepared.target
     bce = -(beta * target * log_probs + (1.0 - beta) * (1.0 - target) * log_complement)
     bce_map = prepared.mask((bce * _per_class(weights, bce)).sum(dim=1))
-    errors, denominator = _dice_parts(prepared, squared=False)
     if per_pixel:
+        errors, denominator = _dice_parts(prepared, squared=False)
         dice_map = ratio_per_pixel(errors, denominator, weights, prepared, batch=False, eps=eps)
         return alpha * bce_map + (1.0 - alpha) * dice_map
-    dice = ratio_per_image(errors, denominator, weights, batch=False, eps=eps)
+    excess, denominator = _dice_counts(prepared, squared=False)
+    dice = ratio_per_image(excess, denominator, weights, batch=False, eps=eps)
     return alpha * prepared.image_mean(bce_map) + (1.0 - alpha) * dice
 
 

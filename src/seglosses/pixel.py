@@ -44,9 +44,10 @@ def pixel_cross_entropy(prepared: Prepared, class_weights: Tensor | None = None)
         ``(values, pixel_weights)``: (B, *S) tensors, ``pixel_weights`` None when uniform.
     """
     if prepared.mode == "multiclass":
+        if prepared.labels is not None:  # PyTorch's fused kernel: w_y * CE, without a one-hot target
+            values = F.cross_entropy(prepared.logits, prepared.labels, weight=class_weights, reduction="none")
+            return values, (None if class_weights is None else class_weights[prepared.labels])
         log_probs = prepared.logits.log_softmax(dim=1)
-        if prepared.labels is not None and class_weights is None:
-            return -log_probs.gather(1, prepared.labels.unsqueeze(1)).squeeze(1), None
         if class_weights is None:
             return -(prepared.target * log_probs).sum(dim=1), None
         weighted_target = prepared.target * _channel(class_weights, prepared)
@@ -179,24 +180,31 @@ def _topk_map(prepared: Prepared, k: float, batch: bool, class_weights) -> Tenso
     # nnU-Net style: rank and average the weighted CE values (not renormalised by the weights).
     values = prepared.mask(pixel_cross_entropy(prepared, weights)[0])
     num_images = values.shape[0]
-    valid = prepared.valid_bool()
-    flat_values = values.reshape(1 if batch else num_images, -1)
-    flat_valid = valid.reshape(flat_values.shape)
-    # The kept count depends on the counted pixels; its upper bound is static, so topk needs no sync.
-    counted = flat_valid.sum(dim=1)
-    # ceil(k * N) in float64, minus a hair so that e.g. 0.1 * 30 keeps 3 pixels, not 4.
-    keep = torch.ceil(counted.double() * k - 1e-9).clamp_min(1).minimum(counted.clamp_min(1))
-    bound = max(1, min(flat_values.shape[1], math.ceil(k * flat_values.shape[1]) + 1))
-    ranked = flat_values.detach().masked_fill(~flat_valid, -math.inf)
-    top_positions = ranked.topk(bound, dim=1).indices
-    chosen = torch.arange(bound, device=values.device).unsqueeze(0) < keep.unsqueeze(1)
-    selected = torch.zeros_like(flat_valid).scatter_(1, top_positions, chosen) & flat_valid
-    scale = 1.0 / keep.to(values.dtype)  # mean over the kept pixels of each unit (image or batch)
-    if batch:
-        # Image i's share of the batch mean, spread over its counted pixels.
+    flat_values = values.detach().reshape(1 if batch else num_images, -1)
+    if prepared.valid is None:
+        # Every pixel counts: the kept count is static, and an unsorted top-k suffices.
+        keep = max(1, math.ceil(k * flat_values.shape[1] - 1e-9))
+        top_positions = flat_values.topk(keep, dim=1, sorted=False).indices
+        selected = torch.zeros_like(flat_values, dtype=torch.bool).scatter_(1, top_positions, True)
+        scale = flat_values.new_full((flat_values.shape[0],), 1.0 / keep)
+    else:
+        # The kept count follows each unit's counted pixels; its upper bound is static (no host sync),
+        # so take a sorted top-k of that size and keep each unit's first `keep` entries.
+        flat_valid = prepared.valid_bool().reshape(flat_values.shape)
+        counted = flat_valid.sum(dim=1)
+        # ceil(k * N) in float64, minus a hair so that e.g. 0.1 * 30 keeps 3 pixels, not 4.
+        keep = torch.ceil(counted.double() * k - 1e-9).clamp_min(1).minimum(counted.clamp_min(1))
+        bound = max(1, min(flat_values.shape[1], math.ceil(k * flat_values.shape[1])))
+        ranked = flat_values.masked_fill(~flat_valid, -math.inf)
+        top_positions = ranked.topk(bound, dim=1).indices
+        chosen = torch.arange(bound, device=values.device).unsqueeze(0) < keep.unsqueeze(1)
+        selected = torch.zeros_like(flat_valid).scatter_(1, top_positions, chosen) & flat_valid
+        scale = 1.0 / keep.to(values.dtype)  # mean over the kept pixels of each unit (image or batch)
+    if batch:  # image i's share of the batch mean, spread over its counted pixels
         scale = scale * num_images
-    per_pixel = values * selected.reshape(values.shape) * scale.view(-1, *([1] * (values.ndim - 1)))
-    return per_pixel * prepared.valid_count().view(-1, *([1] * (values.ndim - 1)))
+    spread = [1] * (values.ndim - 1)
+    per_pixel = values * selected.reshape(values.shape) * scale.view(-1, *spread)
+    return per_pixel * prepared.valid_count().view(-1, *spread)
 
 
 def topk_cross_entropy_per_pixel(
@@ -316,6 +324,10 @@ def _focal_map(prepared: Prepared, gamma: float, alpha) -> Tensor:
     tiny = torch.finfo(prepared.logits.dtype).tiny
     if prepared.mode == "multiclass":
         log_probs = prepared.logits.log_softmax(dim=1)
+        if prepared.labels is not None:  # only the true class has t > 0: gather instead of a class sum
+            log_true = log_probs.gather(1, prepared.labels.unsqueeze(1)).squeeze(1)
+            values = -((1.0 - log_true.exp()).clamp_min(tiny) ** gamma) * log_true
+            return prepared.mask(values if alpha is None else values * alpha[prepared.labels])
         modulation = (1.0 - log_probs.exp()).clamp_min(tiny) ** gamma
         weighted_target = prepared.target if alpha is None else prepared.target * _channel(alpha, prepared)
         return prepared.mask(-(weighted_target * modulation * log_probs).sum(dim=1))

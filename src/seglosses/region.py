@@ -28,6 +28,7 @@ counts) and Lovasz (a sum over the sorted errors of all pixels).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -92,11 +93,10 @@ def _denominator(denominator: Tensor, batch: bool, eps: float) -> tuple[Tensor, 
     return denominator + eps, 1.0
 
 
-def ratio_per_image(errors: Tensor, denominator: Tensor, weights: Tensor, *, batch: bool, eps: float) -> Tensor:
-    """(B,) losses :math:`\\sum_c a_c \\sum_j e_{cj} / (Q_c + \\varepsilon)` from (B, C, *S) errors
-    and (B, C) per-image denominators :math:`Q` (pooled over the batch when ``batch``)."""
+def ratio_per_image(excess: Tensor, denominator: Tensor, weights: Tensor, *, batch: bool, eps: float) -> Tensor:
+    """(B,) losses :math:`\\sum_c a_c E_c / (Q_c + \\varepsilon)` from the (B, C) per-image error sums
+    :math:`E = \\sum_j e_{cj}` and denominators :math:`Q` (both pooled over the batch when ``batch``)."""
     denominator, share = _denominator(denominator, batch, eps)
-    excess = errors.sum(dim=tuple(range(2, errors.ndim)))
     return share * (weights * excess / denominator).sum(dim=1)
 
 
@@ -113,6 +113,34 @@ def ratio_per_pixel(
 
 def _sums(x: Tensor) -> Tensor:
     return x.sum(dim=tuple(range(2, x.ndim)))
+
+
+class SoftCounts(NamedTuple):
+    """Per image and class sums over the counted pixels, each (B, C)."""
+
+    intersection: Tensor  # sum p t (the soft TP)
+    prediction: Tensor  # sum p^q
+    target: Tensor  # sum t^q
+
+
+def soft_counts(prepared: Prepared, squared: bool = False) -> SoftCounts:
+    """Soft counts of :math:`p` against the target, with :math:`q = 2` when ``squared``.
+
+    For integer labels the target is one-hot, so the intersection and the target mass are
+    gathered and scattered by label instead of multiplying (B, C, *S) tensors.
+    """
+    probs = prepared.probs()
+    counted_probs = prepared.mask(probs)
+    prediction = _sums(counted_probs * probs if squared else counted_probs)
+    if prepared.labels is None:
+        target = prepared.target
+        return SoftCounts(_sums(counted_probs * target), prediction, _sums(target * target if squared else target))
+    labels = prepared.labels.flatten(1)
+    true_probs = probs.gather(1, prepared.labels.unsqueeze(1)).flatten(1)
+    counted = torch.ones_like(true_probs) if prepared.valid is None else prepared.valid.flatten(1)
+    empty = torch.zeros_like(prediction)
+    intersection = empty.scatter_add(1, labels, true_probs * counted)
+    return SoftCounts(intersection, prediction, empty.scatter_add(1, labels, counted))
 
 
 def _setup(logits, target, mode, ignore_index, include_background, class_weights, eps):
@@ -144,9 +172,19 @@ def _dice_parts(prepared: Prepared, squared: bool) -> tuple[Tensor, Tensor]:
     return probs + target - 2.0 * probs * target, _sums(probs) + _sums(target)
 
 
-def _dice_setup(logits, target, mode, ignore_index, include_background, class_weights, squared, eps):
+def _dice_counts(prepared: Prepared, squared: bool) -> tuple[Tensor, Tensor]:
+    """Per image and class error sums :math:`\\sum_j e_j = Q - 2TP` and denominators :math:`Q`, (B, C)."""
+    check_type("squared", squared, bool)
+    counts = soft_counts(prepared, squared)
+    denominator = counts.prediction + counts.target
+    return (denominator - 2.0 * counts.intersection).clamp_min(0.0), denominator
+
+
+def _dice_setup(logits, target, mode, ignore_index, include_background, class_weights, squared, eps, per_pixel):
+    """Prepared inputs, eps, class weights, and the Dice errors (maps for ``per_pixel``, else sums) and
+    denominators."""
     prepared, eps, weights = _setup(logits, target, mode, ignore_index, include_background, class_weights, eps)
-    errors, denominator = _dice_parts(prepared, squared)
+    errors, denominator = _dice_parts(prepared, squared) if per_pixel else _dice_counts(prepared, squared)
     return prepared, eps, weights, errors, denominator
 
 
@@ -201,7 +239,7 @@ def dice_loss(
     """
     check_type("batch", batch, bool)
     _, eps, weights, errors, denominator = _dice_setup(
-        logits, target, mode, ignore_index, include_background, class_weights, squared, eps
+        logits, target, mode, ignore_index, include_background, class_weights, squared, eps, per_pixel=False
     )
     return reduce_images(ratio_per_image(errors, denominator, weights, batch=batch, eps=eps), reduction)
 
@@ -229,7 +267,7 @@ def dice_loss_per_pixel(
     """
     check_type("batch", batch, bool)
     prepared, eps, weights, errors, denominator = _dice_setup(
-        logits, target, mode, ignore_index, include_background, class_weights, squared, eps
+        logits, target, mode, ignore_index, include_background, class_weights, squared, eps, per_pixel=True
     )
     return ratio_per_pixel(errors, denominator, weights, prepared, batch=batch, eps=eps)
 
@@ -321,7 +359,7 @@ def log_cosh_dice_loss(
     """
     check_type("batch", batch, bool)
     _, eps, weights, errors, denominator = _dice_setup(
-        logits, target, mode, ignore_index, include_background, class_weights, squared, eps
+        logits, target, mode, ignore_index, include_background, class_weights, squared, eps, per_pixel=False
     )
     dice = ratio_per_image(errors, denominator, weights, batch=batch, eps=eps)
     if batch:
@@ -380,29 +418,40 @@ def _volume_weights(volumes: Tensor, w_type: str) -> Tensor:
     return torch.where(absent, weights.amax(dim=1, keepdim=True), weights)
 
 
-def _generalized_dice_setup(logits, target, w_type, batch, mode, include_background, ignore_index, eps):
-    """Prepared inputs, eps, and the class-weighted errors (B, 1, *S) and denominators (B, 1)."""
+def _generalized_dice_setup(logits, target, w_type, batch, mode, include_background, ignore_index, eps, per_pixel):
+    """Prepared inputs, eps, and the class-weighted errors (maps (B, 1, *S) for ``per_pixel``, else sums
+    (B, 1)) and denominators (B, 1)."""
     check_one_of("w_type", w_type, VOLUME_WEIGHTINGS)
     check_type("batch", batch, bool)
     check_type("include_background", include_background, bool)
     prepared = prepare(logits, target, mode=mode, ignore_index=ignore_index)
     eps = check_number("eps", eps, low=0.0, low_inclusive=False)
-    probs, target = prepared.mask(prepared.probs()), prepared.target
-    if not include_background:
-        if prepared.num_classes == 1:
-            fail("include_background", "True when there is a single channel (nothing else to average)", False)
-        probs, target = probs[:, 1:], target[:, 1:]
+    if not include_background and prepared.num_classes == 1:
+        fail("include_background", "True when there is a single channel (nothing else to average)", False)
+    first = 0 if include_background else 1
+    counts = SoftCounts(*(count[:, first:] for count in soft_counts(prepared)))
     if prepared.mode != "multiclass":
         # Each sigmoid channel is a two-class problem, foreground and background (Sudre's binary GDL), so an
         # empty foreground still has a present class and its false positives are penalised.
+        counted = prepared.valid_count().unsqueeze(1)
+        complement = SoftCounts(
+            counted - counts.prediction - counts.target + counts.intersection,
+            counted - counts.prediction,
+            counted - counts.target,
+        )
+        counts = SoftCounts(*(torch.cat(pair, dim=1) for pair in zip(counts, complement, strict=True)))
+    weights = _volume_weights(_pooled(counts.target, batch), w_type)
+    denominator = (weights * (counts.prediction + counts.target)).sum(dim=1, keepdim=True)
+    if not per_pixel:
+        excess = (counts.prediction + counts.target - 2.0 * counts.intersection).clamp_min(0.0)
+        return prepared, eps, (weights * excess).sum(dim=1, keepdim=True), denominator
+    probs, target = prepared.mask(prepared.probs())[:, first:], prepared.target[:, first:]
+    if prepared.mode != "multiclass":
         probs = torch.cat([probs, prepared.mask(1.0 - probs)], dim=1)
         target = torch.cat([target, prepared.mask(1.0 - target)], dim=1)
-    weights = _volume_weights(_pooled(_sums(target), batch), w_type)
     errors = probs + target - 2.0 * probs * target
     spatial = [1] * len(prepared.spatial_dims)
-    weighted_errors = (errors * weights.view(*weights.shape, *spatial)).sum(dim=1, keepdim=True)
-    denominator = (weights * (_sums(probs) + _sums(target))).sum(dim=1, keepdim=True)
-    return prepared, eps, weighted_errors, denominator
+    return prepared, eps, (errors * weights.view(*weights.shape, *spatial)).sum(dim=1, keepdim=True), denominator
 
 
 def generalized_dice_loss(
@@ -456,7 +505,7 @@ def generalized_dice_loss(
         0.6792
     """
     _, eps, errors, denominator = _generalized_dice_setup(
-        logits, target, w_type, batch, mode, include_background, ignore_index, eps
+        logits, target, w_type, batch, mode, include_background, ignore_index, eps, per_pixel=False
     )
     return reduce_images(ratio_per_image(errors, denominator, errors.new_ones(1), batch=batch, eps=eps), reduction)
 
@@ -478,7 +527,7 @@ def generalized_dice_loss_per_pixel(
         d_{ij} = P_i\,\frac{\sum_c w_c\,(p_{cj}+t_{cj}-2p_{cj}t_{cj})}{\sum_c w_c \sum_n (p_{nc}+t_{nc})+\varepsilon}
     """
     prepared, eps, errors, denominator = _generalized_dice_setup(
-        logits, target, w_type, batch, mode, include_background, ignore_index, eps
+        logits, target, w_type, batch, mode, include_background, ignore_index, eps, per_pixel=True
     )
     return ratio_per_pixel(errors, denominator, errors.new_ones(1), prepared, batch=batch, eps=eps)
 
@@ -525,14 +574,17 @@ class GeneralizedDiceLoss(Loss):
 # --------------------------------------------------------------------------- IoU (Jaccard)
 
 
-def _jaccard_setup(logits, target, batch, mode, ignore_index, include_background, class_weights, eps):
+def _jaccard_setup(logits, target, batch, mode, ignore_index, include_background, class_weights, eps, per_pixel):
+    """Prepared inputs, eps, class weights, the errors p + t - 2pt (maps for ``per_pixel``, else sums) and
+    the soft unions (B, C)."""
     check_type("batch", batch, bool)
     prepared, eps, weights = _setup(logits, target, mode, ignore_index, include_background, class_weights, eps)
+    counts = soft_counts(prepared)
+    union = counts.prediction + counts.target - counts.intersection
+    if not per_pixel:
+        return prepared, eps, weights, (union - counts.intersection).clamp_min(0.0), union
     probs, target = prepared.mask(prepared.probs()), prepared.target
-    intersection = probs * target
-    errors = probs + target - 2.0 * intersection
-    union = _sums(probs) + _sums(target) - _sums(intersection)
-    return prepared, eps, weights, errors, union
+    return prepared, eps, weights, probs + target - 2.0 * probs * target, union
 
 
 def jaccard_loss(
@@ -580,7 +632,7 @@ def jaccard_loss(
         0.8058
     """
     _, eps, weights, errors, union = _jaccard_setup(
-        logits, target, batch, mode, ignore_index, include_background, class_weights, eps
+        logits, target, batch, mode, ignore_index, include_background, class_weights, eps, per_pixel=False
     )
     return reduce_images(ratio_per_image(errors, union, weights, batch=batch, eps=eps), reduction)
 
@@ -602,7 +654,7 @@ def jaccard_loss_per_pixel(
         d_{ij} = P_i \sum_c a_c\,\frac{p_{cj}+t_{cj}-2p_{cj}t_{cj}}{\sum_n (p_{nc}+t_{nc}-p_{nc}t_{nc})+\varepsilon}
     """
     prepared, eps, weights, errors, union = _jaccard_setup(
-        logits, target, batch, mode, ignore_index, include_background, class_weights, eps
+        logits, target, batch, mode, ignore_index, include_background, class_weights, eps, per_pixel=True
     )
     return ratio_per_pixel(errors, union, weights, prepared, batch=batch, eps=eps)
 
@@ -808,11 +860,18 @@ class LovaszLoss(Loss):
 # --------------------------------------------------------------------------- Tversky and focal Tversky
 
 
-def _tversky_parts(prepared: Prepared, fp_weight: float, fn_weight: float) -> tuple[Tensor, Tensor]:
-    """Per-pixel errors :math:`\\beta_{FP} p(1-t)+\\beta_{FN}(1-p)t` (B, C, *S) and the soft TP (B, C)."""
+def _tversky_parts(prepared: Prepared, fp_weight: float, fn_weight: float) -> Tensor:
+    """Per-pixel errors :math:`\\beta_{FP} p(1-t)+\\beta_{FN}(1-p)t`, (B, C, *S)."""
     probs, target = prepared.mask(prepared.probs()), prepared.target
-    errors = fp_weight * probs * (1.0 - target) + fn_weight * (1.0 - probs) * target
-    return errors, _sums(probs * target)
+    return fp_weight * probs * (1.0 - target) + fn_weight * (1.0 - probs) * target
+
+
+def _tversky_counts(prepared: Prepared, fp_weight: float, fn_weight: float) -> tuple[Tensor, Tensor]:
+    """Per image and class weighted error sums :math:`\\beta_{FP}FP+\\beta_{FN}FN` and soft TP, (B, C)."""
+    counts = soft_counts(prepared)
+    false_positives = (counts.prediction - counts.intersection).clamp_min(0.0)
+    false_negatives = (counts.target - counts.intersection).clamp_min(0.0)
+    return fp_weight * false_positives + fn_weight * false_negatives, counts.intersection
 
 
 def _check_tversky_weights(fp_weight: float, fn_weight: float) -> tuple[float, float]:
@@ -820,13 +879,14 @@ def _check_tversky_weights(fp_weight: float, fn_weight: float) -> tuple[float, f
 
 
 def _tversky_setup(
-    logits, target, fp_weight, fn_weight, batch, mode, ignore_index, include_background, class_weights, eps
+    logits, target, fp_weight, fn_weight, batch, mode, ignore_index, include_background, class_weights, eps, per_pixel
 ):
     fp_weight, fn_weight = _check_tversky_weights(fp_weight, fn_weight)
     check_type("batch", batch, bool)
     prepared, eps, weights = _setup(logits, target, mode, ignore_index, include_background, class_weights, eps)
-    errors, true_positives = _tversky_parts(prepared, fp_weight, fn_weight)
-    return prepared, eps, weights, errors, true_positives + _sums(errors)
+    excess, true_positives = _tversky_counts(prepared, fp_weight, fn_weight)
+    errors = _tversky_parts(prepared, fp_weight, fn_weight) if per_pixel else excess
+    return prepared, eps, weights, errors, true_positives + excess
 
 
 def tversky_loss(
@@ -879,7 +939,8 @@ def tversky_loss(
         0.6739
     """
     _, eps, weights, errors, denominator = _tversky_setup(
-        logits, target, fp_weight, fn_weight, batch, mode, ignore_index, include_background, class_weights, eps
+        logits, target, fp_weight, fn_weight, batch, mode, ignore_index, include_background, class_weights, eps,
+        per_pixel=False,
     )
     return reduce_images(ratio_per_image(errors, denominator, weights, batch=batch, eps=eps), reduction)
 
@@ -904,7 +965,8 @@ def tversky_loss_per_pixel(
                  {TP_c+\beta_{FP}\,FP_c+\beta_{FN}\,FN_c+\varepsilon}
     """
     prepared, eps, weights, errors, denominator = _tversky_setup(
-        logits, target, fp_weight, fn_weight, batch, mode, ignore_index, include_background, class_weights, eps
+        logits, target, fp_weight, fn_weight, batch, mode, ignore_index, include_background, class_weights, eps,
+        per_pixel=True,
     )
     return ratio_per_pixel(errors, denominator, weights, prepared, batch=batch, eps=eps)
 
@@ -1009,8 +1071,8 @@ def focal_tversky_loss(
     gamma = check_number("gamma", gamma, low=0.0, low_inclusive=False)
     check_type("batch", batch, bool)
     prepared, eps, weights = _setup(logits, target, mode, ignore_index, include_background, class_weights, eps)
-    errors, true_positives = _tversky_parts(prepared, fp_weight, fn_weight)
-    excess, true_positives = _pooled(_sums(errors), batch), _pooled(true_positives, batch)
+    excess, true_positives = _tversky_counts(prepared, fp_weight, fn_weight)
+    excess, true_positives = _pooled(excess, batch), _pooled(true_positives, batch)
     # 1 - TI as a ratio of the weighted errors: no cancellation near a perfect score.
     complement = excess / (true_positives + excess + eps)
     per_class = complement.clamp_min(1e-7) ** (1.0 / gamma)
@@ -1129,7 +1191,7 @@ def sensitivity_specificity_loss(
     _, eps, terms = _sensitivity_specificity_setup(
         logits, target, sensitivity_weight, batch, mode, ignore_index, include_background, class_weights, eps
     )
-    return reduce_images(sum(ratio_per_image(e, q, a, batch=batch, eps=eps) for a, e, q in terms), reduction)
+    return reduce_images(sum(ratio_per_image(_sums(e), q, a, batch=batch, eps=eps) for a, e, q in terms), reduction)
 
 
 def sensitivity_specificity_loss_per_pixel(
@@ -1249,11 +1311,13 @@ def mcc_loss(
     """
     check_type("batch", batch, bool)
     prepared, eps, weights = _setup(logits, target, mode, ignore_index, include_background, class_weights, eps)
-    probs, target = prepared.mask(prepared.probs()), prepared.target
-    misses, background = 1.0 - probs, prepared.mask(1.0 - target)
-    tp, fn = _pooled(_sums(probs * target), batch), _pooled(_sums(misses * target), batch)
-    fp, tn = _pooled(_sums(probs * background), batch), _pooled(_sums(misses * background), batch)
-    positives, negatives = tp + fn, fp + tn
+    counts = SoftCounts(*(_pooled(count, batch) for count in soft_counts(prepared)))
+    counted = _pooled(prepared.valid_count().unsqueeze(1), batch)
+    # The target masses are exact, so an empty or a full target class is detected exactly.
+    positives, negatives = counts.target, counted - counts.target
+    tp = counts.intersection
+    fp, fn = (counts.prediction - tp).clamp_min(0.0), (positives - tp).clamp_min(0.0)
+    tn = (negatives - fp).clamp_min(0.0)
     mcc = (tp * tn - fp * fn) / torch.sqrt((tp + fp) * positives * negatives * (tn + fn) + eps)
     per_class = torch.where(
         positives == 0, fp / (negatives + eps), torch.where(negatives == 0, fn / (positives + eps), 1.0 - mcc)

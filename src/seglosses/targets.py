@@ -7,7 +7,6 @@ and upcasts half-precision logits to float32 (float64 stays float64).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -32,24 +31,42 @@ def infer_mode(num_channels: int, mode: str | None = None) -> str:
     return mode
 
 
-@dataclass(frozen=True)
 class Prepared:
     """Validated inputs of a loss.
 
     Attributes:
         logits: (B, C, *S) float32 or float64.
         target: (B, C, *S) dense target in [0, 1], zero at ignored pixels, same dtype as logits.
+            Built from ``labels`` on first use, so losses that only gather at the labels never pay
+            for the one-hot tensor.
         valid: (B, *S) float mask (1 = counted, 0 = ignored), or None when no pixel is ignored.
         mode: "multiclass", "binary" or "multilabel".
         labels: (B, *S) int64 class indices (ignored pixels set to 0) when the target was given
             as integer labels in multiclass mode, else None.
     """
 
-    logits: Tensor
-    target: Tensor
-    valid: Tensor | None
-    mode: str
-    labels: Tensor | None = None
+    def __init__(
+        self,
+        logits: Tensor,
+        target: Tensor | None = None,
+        valid: Tensor | None = None,
+        mode: str = "multiclass",
+        labels: Tensor | None = None,
+    ) -> None:
+        if target is None and labels is None:
+            fail("target", "given, or built from labels", None)
+        self.logits = logits
+        self.valid = valid
+        self.mode = mode
+        self.labels = labels
+        self._target = target
+
+    @property
+    def target(self) -> Tensor:
+        if self._target is None:
+            target = torch.zeros_like(self.logits).scatter_(1, self.labels.unsqueeze(1), 1.0)
+            self._target = self.mask(target)
+        return self._target
 
     @property
     def num_classes(self) -> int:
@@ -177,24 +194,15 @@ def _from_labels(logits, labels, mode, ignore_index, batch, spatial) -> Prepared
     num_labels = 2 if mode == "binary" else logits.shape[1]
     ignored = labels == ignore_index if ignore_index is not None else None
     if value_checks_enabled():
-        in_range = (labels >= 0) & (labels < num_labels)
-        if ignored is not None:
-            in_range |= ignored
-        if not bool(torch.isfinite(logits).all() & in_range.all()):
-            _raise_value_error(logits, labels, num_labels, ignore_index)
+        _check_values(logits, labels, 0, num_labels - 1, ignored)
     valid = None
     if ignored is not None:
         valid = (~ignored).to(logits.dtype)
         labels = labels.masked_fill(ignored, 0)
     if mode == "binary":
         target = labels.unsqueeze(1).to(logits.dtype)
-        kept_labels = None
-    else:
-        target = torch.zeros_like(logits).scatter_(1, labels.unsqueeze(1), 1.0)
-        kept_labels = labels
-    if valid is not None:
-        target = target * valid.unsqueeze(1)
-    return Prepared(logits=logits, target=target, valid=valid, mode=mode, labels=kept_labels)
+        return Prepared(logits, target if valid is None else target * valid.unsqueeze(1), valid, mode)
+    return Prepared(logits, None, valid, mode, labels=labels)
 
 
 def _from_dense(logits, target, mode, ignore_index) -> Prepared:
@@ -205,29 +213,38 @@ def _from_dense(logits, target, mode, ignore_index) -> Prepared:
     ignored = (target == ignore_index).any(dim=1) if ignore_index is not None else None
     target = target.to(logits.dtype)
     if value_checks_enabled():
-        in_range = (target >= 0) & (target <= 1)
-        if ignored is not None:
-            in_range |= ignored.unsqueeze(1)
-        if not bool(torch.isfinite(logits).all() & in_range.all()):
-            if not bool(torch.isfinite(logits).all()):
-                fail("logits", "finite (no NaN or infinity)", "non-finite values")
-            fail("target", "a dense target with values in [0, 1]",
-                 f"values in [{target.min().item()}, {target.max().item()}]")
+        _check_values(logits, target, 0, 1, None if ignored is None else ignored.unsqueeze(1))
     valid = None
     if ignored is not None:
         valid = (~ignored).to(logits.dtype)
         target = target.masked_fill(ignored.unsqueeze(1), 0.0)
-    return Prepared(logits=logits, target=target, valid=valid, mode=mode)
+    return Prepared(logits, target, valid, mode)
 
 
-def _raise_value_error(logits: Tensor, labels: Tensor, num_labels: int, ignore_index: int | None) -> None:
-    if not bool(torch.isfinite(logits).all()):
-        fail("logits", "finite (no NaN or infinity)", "non-finite values")
-    extra = f" or the ignore_index {ignore_index}" if ignore_index is not None else ""
-    bad = labels[(labels < 0) | (labels >= num_labels)]
-    if ignore_index is not None:
-        bad = bad[bad != ignore_index]
-    fail("target", f"labels in [0, {num_labels - 1}]{extra}", f"label values {bad.unique()[:8].tolist()}")
+def _check_values(logits: Tensor, target: Tensor, low: float, high: float, ignored: Tensor | None) -> None:
+    """Finite logits and target values in [low, high] (or ignored), in one host sync.
+
+    The fast path reads two reductions that allocate nothing: the sum of the logits is finite
+    when every logit is (an overflow only sends us to the exact check), and the target's min/max.
+    """
+    with torch.no_grad():
+        smallest, largest = torch.aminmax(target)
+        logit_sum = logits.detach().sum()
+        fine = torch.isfinite(logit_sum) & (smallest >= low) & (largest <= high)
+        if bool(fine):
+            return
+        if not bool(torch.isfinite(logits).all()):
+            fail("logits", "finite (no NaN or infinity)", "non-finite values")
+        outside = (target < low) | (target > high) | target.isnan()
+        if ignored is not None:
+            outside &= ~ignored
+        if not bool(outside.any()):
+            return
+    bad = target[outside].unique()[:8].tolist()
+    extra = " or the ignore_index" if ignored is not None else ""
+    if target.is_floating_point():
+        fail("target", f"a dense target with values in [{low}, {high}]{extra}", f"values {bad}")
+    fail("target", f"labels in [{low}, {int(high)}]{extra}", f"label values {bad}")
 
 
 def one_hot(labels: Tensor, num_classes: int) -> Tensor:
