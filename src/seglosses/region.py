@@ -137,8 +137,11 @@ def soft_counts(prepared: Prepared, squared: bool = False) -> SoftCounts:
         return SoftCounts(_sums(counted_probs * target), prediction, _sums(target * target if squared else target))
     labels = prepared.labels.flatten(1)
     true_probs = probs.gather(1, prepared.labels.unsqueeze(1)).flatten(1)
-    counted = torch.ones_like(true_probs) if prepared.valid is None else prepared.valid.flatten(1)
     empty = torch.zeros_like(prediction)
+    if prepared.valid is None:
+        counted = torch.ones_like(true_probs)
+        return SoftCounts(empty.scatter_add(1, labels, true_probs), prediction, empty.scatter_add(1, labels, counted))
+    counted = prepared.valid.flatten(1)
     intersection = empty.scatter_add(1, labels, true_probs * counted)
     return SoftCounts(intersection, prediction, empty.scatter_add(1, labels, counted))
 
