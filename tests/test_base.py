@@ -1,0 +1,188 @@
+"""The base Loss (reduction, mode checks, the three granularities) and Weighted composition."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import pytest
+import torch
+
+from seglosses import Loss, reduce_images
+from seglosses.compound import Weighted
+from seglosses.pixel import CrossEntropyLoss, FocalLoss
+from seglosses.region import DiceLoss
+from seglosses.targets import prepare
+
+
+class WorstPixelLoss(Loss):
+    """A loss with no per-pixel form (the largest pixel CE of each image); multiclass only."""
+
+    modes: ClassVar[tuple[str, ...]] = ("multiclass",)
+
+    def __init__(self, *, reduction: str = "mean") -> None:
+        super().__init__(reduction)
+
+    def per_image(self, logits, target):
+        self.check_mode(logits)
+        prepared = prepare(logits, target)
+        return (-(prepared.target * prepared.log_probs()).sum(dim=1)).flatten(1).amax(dim=1)
+
+
+def inputs(channels=3, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn((2, channels, 5, 6), generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, max(channels, 2), (2, 5, 6), generator=generator)
+    return logits, labels
+
+
+# --------------------------------------------------------------------------- reduction and base
+
+
+def test_reduce_images():
+    values = torch.tensor([1.0, 2.0, 6.0])
+    assert reduce_images(values, "mean").item() == 3.0
+    assert reduce_images(values, "sum").item() == 9.0
+    assert reduce_images(values, "none") is values
+    with pytest.raises(ValueError, match=r"Expected `reduction` to be one of \['mean', 'sum', 'none'\], but got 'avg'"):
+        reduce_images(values, "avg")
+
+
+def test_base_loss_contract():
+    with pytest.raises(ValueError, match="`reduction`"):
+        Loss(reduction="avg")
+    base = Loss(ignore_index=4, mode="binary", class_weights=None)
+    assert base.ignore_index == 4 and base.mode == "binary"
+    assert base.extra_repr() == "ignore_index=4, mode='binary'"  # None options are not shown
+    logits, labels = inputs()
+    with pytest.raises(NotImplementedError):
+        base.per_image(logits, labels)
+    with pytest.raises(TypeError, match="`Loss` has no per-pixel form"):
+        base.per_pixel(logits, labels)
+
+
+def test_forward_reduces_per_image():
+    logits, labels = inputs()
+    worst = WorstPixelLoss(reduction="none")
+    per_image = worst(logits, labels)
+    assert per_image.shape == (2,)
+    assert WorstPixelLoss(reduction="sum")(logits, labels).item() == pytest.approx(per_image.sum().item())
+    assert WorstPixelLoss()(logits, labels).item() == pytest.approx(per_image.mean().item())
+
+
+def test_unsupported_mode_is_refused():
+    logits, labels = inputs(channels=1)
+    with pytest.raises(ValueError, match=r"Expected `mode` to be one of \['multiclass'\] for WorstPixelLoss"):
+        WorstPixelLoss()(logits, labels)
+
+
+# --------------------------------------------------------------------------- Weighted
+
+
+def test_weighted_sum_by_operators():
+    ce, dice = CrossEntropyLoss(), DiceLoss()
+    combined = 0.3 * ce + 0.7 * dice
+    assert isinstance(combined, Weighted)
+    assert combined.weights == [0.3, 0.7]
+    assert combined.terms[0][1] is ce and combined.terms[1][1] is dice
+    logits, labels = inputs()
+    expected = 0.3 * ce.per_image(logits, labels) + 0.7 * dice.per_image(logits, labels)
+    torch.testing.assert_close(combined.per_image(logits, labels), expected)
+    torch.testing.assert_close(combined(logits, labels), expected.mean())
+    assert combined.has_per_pixel
+    assert combined.extra_repr() == "0.3, 0.7"
+
+
+def test_weighted_right_and_left_multiplication_and_plain_sum():
+    ce, dice = CrossEntropyLoss(), DiceLoss()
+    assert (ce * 2).weights == (2 * ce).weights == [2.0]
+    assert (ce + dice).weights == [1.0, 1.0]
+
+
+def test_weighted_nesting_flattens_sums_and_scales_weights():
+    ce, dice, focal = CrossEntropyLoss(), DiceLoss(), FocalLoss()
+    combined = 0.5 * (ce + dice) + focal
+    assert combined.weights == [0.5, 0.5, 1.0]
+    assert [loss for _, loss in combined.terms] == [ce, dice, focal]
+    logits, labels = inputs()
+    explicit = Weighted([(2.0, Weighted([(1.0, ce), (0.5, dice)])), (-1.0, focal)])
+    expected = 2.0 * (ce.per_image(logits, labels) + 0.5 * dice.per_image(logits, labels)) - focal.per_image(
+        logits, labels
+    )
+    torch.testing.assert_close(explicit.per_image(logits, labels), expected)
+    assert explicit.has_per_pixel
+
+
+def test_weighted_per_pixel_and_its_gradient():
+    combined = 0.3 * CrossEntropyLoss(ignore_index=255) + 0.7 * DiceLoss(ignore_index=255)
+    logits, labels = inputs()
+    labels[0, 0] = 255
+    counted = (labels != 255).sum(dim=(1, 2)).double()
+    per_pixel = combined.per_pixel(logits, labels)
+    assert (per_pixel[labels == 255] == 0).all()
+    torch.testing.assert_close(per_pixel.sum(dim=(1, 2)) / counted, combined.per_image(logits, labels))
+    assert combined.ignore_index == 255
+
+    def gradient_of(function):
+        z = logits.clone().requires_grad_(True)
+        function(z).backward()
+        return z.grad
+
+    torch.testing.assert_close(
+        gradient_of(lambda z: (combined.per_pixel(z, labels).sum(dim=(1, 2)) / counted).sum()),
+        gradient_of(lambda z: combined.per_image(z, labels).sum()),
+    )
+
+
+def test_weighted_without_per_pixel_form():
+    combined = CrossEntropyLoss() + WorstPixelLoss()
+    assert not combined.has_per_pixel
+    logits, labels = inputs()
+    with pytest.raises(TypeError, match="WorstPixelLoss"):
+        combined.per_pixel(logits, labels)
+    assert torch.isfinite(combined(logits, labels))
+
+
+def test_weighted_modes_are_the_common_modes():
+    assert (CrossEntropyLoss() + DiceLoss()).modes == ("multiclass", "binary", "multilabel")
+    assert (CrossEntropyLoss() + WorstPixelLoss()).modes == ("multiclass",)
+
+
+def test_weighted_reduction():
+    logits, labels = inputs()
+    per_image = Weighted([(1.0, CrossEntropyLoss())], reduction="none")(logits, labels)
+    assert per_image.shape == (2,)
+    total = Weighted([(1.0, CrossEntropyLoss())], reduction="sum")
+    torch.testing.assert_close(total(logits, labels), per_image.sum())
+    assert (total * 2.0).reduction == "sum" and (total + DiceLoss()).reduction == "sum"
+
+
+def test_weighted_is_a_module_holding_its_terms():
+    combined = CrossEntropyLoss() + DiceLoss()
+    assert len(combined.losses) == 2
+    assert "losses.0" in dict(combined.named_modules())
+
+
+@pytest.mark.parametrize(
+    "terms, error, argument",
+    [
+        ([], ValueError, "terms"),
+        ("ce", TypeError, "terms"),
+        ([(1.0,)], TypeError, r"terms\[0\]"),
+        ([("1", CrossEntropyLoss())], TypeError, r"terms\[0\] weight"),
+        ([(True, CrossEntropyLoss())], TypeError, r"terms\[0\] weight"),
+        ([(float("inf"), CrossEntropyLoss())], ValueError, r"terms\[0\] weight"),
+        ([(1.0, CrossEntropyLoss()), (1.0, torch.nn.MSELoss())], TypeError, r"terms\[1\] loss"),
+    ],
+)
+def test_weighted_bad_terms(terms, error, argument):
+    with pytest.raises(error, match=f"`{argument}`"):
+        Weighted(terms)
+
+
+def test_weighted_operator_errors():
+    with pytest.raises(TypeError, match="`other`"):
+        CrossEntropyLoss() + 1.0
+    with pytest.raises(TypeError, match="`weight`"):
+        (CrossEntropyLoss() + DiceLoss()) * "2"
+    with pytest.raises(TypeError, match="weight"):
+        CrossEntropyLoss() * DiceLoss()

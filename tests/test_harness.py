@@ -1,0 +1,650 @@
+"""One harness over the registry: every loss in ``list_losses()`` gets the same contract checks.
+
+Cases are built at collection time from ``list_losses()`` x spatial dims (2D, 3D) x every mode the
+loss class declares in ``modes`` (kornia ``BaseTester`` / timm ``list_models`` style), so a newly
+registered loss is checked without touching this file. Inputs are tiny so the whole file stays fast.
+
+What is checked, one test function each:
+the class-level contract, smoke and reductions, target forms, float64 gradcheck, perfect prediction,
+non-negativity, empty classes, false positives on an empty target, ignore_index isolation, autocast
+and half-precision logits, per_pixel == per_image (value and gradient), module == functional, image
+independence, memory layout and dtypes, soft targets and saturated logits, fully ignored images,
+non-default common options, bad input messages, unsupported modes, and the registry.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+import seglosses
+from seglosses import Loss, create_loss, list_losses, loss_class
+from seglosses.targets import MODES
+
+BATCH = 2
+SPATIAL = {2: (5, 6), 3: (3, 4, 5)}
+MULTI_CHANNELS = 3
+IGNORE = 255
+MARGIN = 20.0  # logit margin of a "perfect" prediction: softmax/sigmoid error about exp(-20) = 2e-9
+
+# Highest default-configuration loss accepted for a perfect prediction at MARGIN, for a loss whose
+# value at p = 1 - 2e-9 is not ~0 by construction. Empty: every default reaches < 1e-3 (the slowest,
+# exp_log, raises its ~1e-9 errors to the power 0.3 and gives 4e-4).
+PERFECT_LOSS_TOLERANCE: dict[str, float] = {}
+DEFAULT_PERFECT_LOSS_TOLERANCE = 1e-3
+
+# Constructor arguments for registered losses that cannot be built with defaults alone (none today).
+# A loss that needs some and is missing here fails test_class_contract with the missing argument's name.
+REQUIRED_ARGUMENTS: dict[str, dict] = {}
+
+# Functional counterparts whose name does not follow "XyzLoss -> xyz_loss" (checked in the loss's own module).
+FUNCTION_OF_MODULE: dict[str, str] = {
+    "CrossEntropyLoss": "cross_entropy",
+    "TopKCrossEntropyLoss": "topk_cross_entropy",
+    "TopKDiceLoss": "topk_dice_loss",
+}
+
+# Losses that sort or select pixels (lovasz, topk_ce, topk_dice) are only piecewise smooth. gradcheck
+# still runs on them, unchanged: in these seeded inputs the smallest gap between two ranked values
+# (errors |p - t|, hinge errors, pixel CE, p * t) is 5e-6, above what gradcheck's 1e-6 perturbation
+# can move them, so no kink is crossed; the inputs are fixed, so the check cannot flake.
+
+
+# --------------------------------------------------------------------------- cases
+
+
+def _declared_modes(cls: type) -> tuple[str, ...]:
+    """The modes of a loss class; read from an instance when the class exposes a property instead
+    (test_class_contract then fails: the contract asks for a class attribute)."""
+    modes = cls.modes
+    if isinstance(modes, property):
+        modes = cls(**REQUIRED_ARGUMENTS.get(cls.registry_name, {})).modes
+    return tuple(modes)
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    spatial_dims: int
+    mode: str
+
+    @property
+    def cls(self) -> type:
+        return loss_class(self.name)
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.mode == "binary" else MULTI_CHANNELS
+
+    @property
+    def logits_shape(self) -> tuple[int, ...]:
+        return (BATCH, self.channels, *SPATIAL[self.spatial_dims])
+
+    @property
+    def pixel_dims(self) -> tuple[int, ...]:
+        return tuple(range(1, self.spatial_dims + 1))
+
+    def __str__(self) -> str:
+        return f"{self.name}-{self.spatial_dims}d-{self.mode}"
+
+
+def _cases(spatial_dims: tuple[int, ...] = (2, 3)) -> list[Case]:
+    return [
+        Case(name, dims, mode)
+        for name in list_losses()
+        for dims in spatial_dims
+        for mode in _declared_modes(loss_class(name))
+    ]
+
+
+ALL_CASES = _cases()
+CASES_2D = _cases((2,))
+case_params = pytest.mark.parametrize("case", ALL_CASES, ids=str)
+case_params_2d = pytest.mark.parametrize("case", CASES_2D, ids=str)
+loss_names = pytest.mark.parametrize("name", list_losses())
+
+
+def accepts(name: str, option: str) -> bool:
+    """Whether the loss's constructor takes ``option`` (the common options are optional per loss)."""
+    return option in inspect.signature(loss_class(name).__init__).parameters
+
+
+def build(case: Case, **options) -> Loss:
+    """The loss of ``case`` in its default configuration, told the mode when it takes one."""
+    if accepts(case.name, "mode"):
+        options.setdefault("mode", case.mode)
+    return create_loss(case.name, **REQUIRED_ARGUMENTS.get(case.name, {}), **options)
+
+
+def requires_option(case: Case, option: str) -> None:
+    if not accepts(case.name, option):
+        pytest.skip(f"{case.name} has no `{option}` option")
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def random_logits(case: Case, device: torch.device, *, seed: int = 0, dtype=torch.float64, scale=2.0) -> Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return (scale * torch.randn(case.logits_shape, generator=generator, dtype=torch.float64)).to(device, dtype)
+
+
+def random_target(case: Case, device: torch.device, *, seed: int = 1) -> Tensor:
+    """Labels (B, *S) for multiclass and binary, a dense 0/1 float target (B, C, *S) for multilabel."""
+    generator = torch.Generator().manual_seed(seed)
+    if case.mode == "multilabel":
+        return torch.randint(0, 2, case.logits_shape, generator=generator).double().to(device)
+    high = 2 if case.mode == "binary" else case.channels
+    return torch.randint(0, high, (BATCH, *SPATIAL[case.spatial_dims]), generator=generator).to(device)
+
+
+def dense_target(case: Case, target: Tensor) -> Tensor:
+    """The one-hot (B, C, *S) form of a target given as labels (or the dense target itself)."""
+    if case.mode == "multilabel":
+        return target.double()
+    if case.mode == "binary":
+        return target.unsqueeze(1).double()
+    return F.one_hot(target, case.channels).movedim(-1, 1).double()
+
+
+def perfect_logits(case: Case, target: Tensor, margin: float = MARGIN) -> Tensor:
+    """Logits that put ``margin`` on the true class (softmax) or +-margin per channel (sigmoid)."""
+    dense = dense_target(case, target)
+    return margin * dense if case.mode == "multiclass" else margin * (2.0 * dense - 1.0)
+
+
+def background_target(case: Case, device: torch.device) -> Tensor:
+    """A target with no foreground anywhere: label 0 everywhere, or all-zero channels."""
+    if case.mode == "multilabel":
+        return torch.zeros(case.logits_shape, dtype=torch.float64, device=device)
+    return torch.zeros((BATCH, *SPATIAL[case.spatial_dims]), dtype=torch.long, device=device)
+
+
+def ignored_pixels(case: Case, device: torch.device) -> Tensor:
+    """(B, *S) mask of about a third of the pixels of each image (never all of them)."""
+    generator = torch.Generator().manual_seed(7)
+    mask = torch.rand((BATCH, *SPATIAL[case.spatial_dims]), generator=generator) < 0.35
+    flat = mask.view(BATCH, -1)
+    flat[:, 0], flat[:, 1] = True, False
+    return mask.to(device)
+
+
+def with_ignored(case: Case, target: Tensor, ignored: Tensor) -> Tensor:
+    """``target`` with ``IGNORE`` at the ignored pixels; a dense target marks it in channel 0 only,
+    which is enough (a pixel is ignored when any channel holds ignore_index)."""
+    target = target.clone()
+    if case.mode == "multilabel":
+        target[:, 0][ignored] = IGNORE
+    else:
+        target[ignored] = IGNORE
+    return target
+
+
+def image_weights(device: torch.device) -> Tensor:
+    """Unequal per-image upstream gradients, so that a mix-up between images shows."""
+    return torch.tensor([0.7, 1.9], dtype=torch.float64, device=device)
+
+
+def gradient(loss_fn: Callable[[Tensor], Tensor], logits: Tensor) -> Tensor:
+    logits = logits.detach().clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(loss_fn(logits), logits)
+    return grad
+
+
+CONFIGURATIONS = ["defaults", "ignore", "weighted-foreground", "flipped-batch-ignore"]
+
+
+@dataclass
+class Configured:
+    """A loss configuration and a target to go with it; ``ignored`` marks the (B, *S) ignored pixels."""
+
+    options: dict
+    target: Tensor
+    ignored: Tensor
+
+
+def configure(case: Case, configuration: str, device: torch.device) -> Configured:
+    """defaults; ignore_index on a third of the pixels; non-uniform class weights and no background
+    (whichever of the two the loss takes); or the non-default ``batch`` pooling, with ignored pixels."""
+    target = random_target(case, device)
+    ignored = torch.zeros((BATCH, *SPATIAL[case.spatial_dims]), dtype=torch.bool, device=device)
+    options: dict = {}
+    if configuration == "flipped-batch-ignore":
+        requires_option(case, "batch")
+        options["batch"] = not inspect.signature(case.cls.__init__).parameters["batch"].default
+    if configuration in ("ignore", "flipped-batch-ignore"):
+        requires_option(case, "ignore_index")
+        options["ignore_index"] = IGNORE
+        ignored = ignored_pixels(case, device)
+        target = with_ignored(case, target, ignored)
+    elif configuration == "weighted-foreground":
+        if accepts(case.name, "class_weights"):
+            options["class_weights"] = [0.5, 1.0, 2.0][: case.channels]
+        if accepts(case.name, "include_background") and case.channels > 1:
+            options["include_background"] = False
+        if not options:
+            pytest.skip(f"{case.name} takes neither `class_weights` nor `include_background` here")
+    return Configured(options, target, ignored)
+
+
+# --------------------------------------------------------------------------- contract and smoke
+
+
+@loss_names
+def test_class_contract(name: str) -> None:
+    cls = loss_class(name)
+    assert issubclass(cls, Loss)
+    assert cls.registry_name == name
+    assert isinstance(cls.modes, tuple), f"{cls.__name__}.modes must be a class-level tuple, got {cls.modes!r}"
+    assert cls.modes and set(cls.modes) <= set(MODES)
+    assert isinstance(cls.has_per_pixel, bool), f"{cls.__name__}.has_per_pixel must be a class-level bool"
+    assert accepts(name, "reduction"), f"{cls.__name__} must take `reduction`"
+    loss = create_loss(name, **REQUIRED_ARGUMENTS.get(name, {}))
+    assert loss.reduction == "mean"
+    repr(loss)
+
+
+@case_params
+def test_smoke_and_reductions(case: Case, device: torch.device) -> None:
+    logits, target = random_logits(case, device, dtype=torch.float32), random_target(case, device)
+    value = build(case)(logits, target)
+    assert value.shape == () and torch.isfinite(value)
+    per_image = build(case, reduction="none")(logits, target)
+    assert per_image.shape == (BATCH,)
+    total = build(case, reduction="sum")(logits, target)
+    torch.testing.assert_close(total, BATCH * value)
+    torch.testing.assert_close(value, per_image.mean())
+    torch.testing.assert_close(build(case).per_image(logits, target), per_image)
+
+
+@case_params
+def test_target_forms_agree(case: Case, device: torch.device) -> None:
+    """Labels (B, *S), labels (B, 1, *S) and the dense one-hot target give the same loss."""
+    loss = build(case, reduction="none")
+    logits, target = random_logits(case, device), random_target(case, device)
+    reference = loss(logits, target)
+    if case.mode == "multilabel":
+        forms = [target.long(), target.float()]
+    else:
+        forms = [target.unsqueeze(1), dense_target(case, target)]
+    for form in forms:
+        torch.testing.assert_close(loss(logits, form), reference)
+
+
+@case_params
+@pytest.mark.parametrize("configuration", CONFIGURATIONS)
+def test_gradcheck_float64(case: Case, configuration: str, device: torch.device) -> None:
+    configured = configure(case, configuration, device)
+    loss, target = build(case, reduction="none", **configured.options), configured.target
+    logits = random_logits(case, device).requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda z: loss(z, target), (logits,), eps=1e-6, atol=1e-5, rtol=1e-3, fast_mode=True
+    )
+    assert torch.isfinite(gradient(lambda z: loss(z, target).sum(), logits)).all()
+
+
+@loss_names
+def test_binary_equals_multilabel_with_one_channel(name: str, device: torch.device) -> None:
+    """Both are a sigmoid per channel: with a single channel they are the same loss."""
+    if not {"binary", "multilabel"} <= set(_declared_modes(loss_class(name))):
+        pytest.skip(f"{name} lacks binary or multilabel mode")
+    case = Case(name, 2, "binary")
+    logits, target = random_logits(case, device), dense_target(case, random_target(case, device))
+    torch.testing.assert_close(
+        build(case, reduction="none")(logits, target),
+        build(Case(name, 2, "multilabel"), reduction="none")(logits, target),
+    )
+
+
+# --------------------------------------------------------------------------- values
+
+
+@case_params
+def test_perfect_prediction_is_near_zero(case: Case, device: torch.device) -> None:
+    loss = build(case, reduction="none")
+    target = random_target(case, device)
+    perfect = loss(perfect_logits(case, target), target)
+    random = loss(random_logits(case, device), target)
+    # Compared over the batch: a batch-pooled loss (topk_ce, batch Dice) gives each image only its share.
+    assert perfect.mean() <= random.mean()
+    tolerance = PERFECT_LOSS_TOLERANCE.get(case.name, DEFAULT_PERFECT_LOSS_TOLERANCE)
+    assert (perfect.abs() < tolerance).all(), f"perfect prediction gives {perfect.tolist()}"
+
+
+@case_params
+def test_non_negative_on_random_inputs(case: Case, device: torch.device) -> None:
+    loss = build(case, reduction="none")
+    for seed in range(3):
+        value = loss(random_logits(case, device, seed=seed, scale=4.0), random_target(case, device, seed=seed + 10))
+        assert (value >= -1e-7).all(), f"seed {seed}: {value.tolist()}"
+
+
+def _targets_with_empty_classes(case: Case, device: torch.device) -> Tensor:
+    """Image 0 lacks one class (multiclass: class 2; binary: background; multilabel: channel 2);
+    image 1 is all background (no foreground at all)."""
+    target = random_target(case, device)
+    if case.mode == "multiclass":
+        target[0] = target[0].clamp_max(1)
+        target[1] = 0
+    elif case.mode == "binary":
+        target[0] = 1
+        target[1] = 0
+    else:
+        target[0, 2] = 0
+        target[1] = 0
+    return target
+
+
+@case_params
+@pytest.mark.parametrize("prediction", ["random", "perfect"])
+def test_empty_classes_are_finite(case: Case, prediction: str, device: torch.device) -> None:
+    loss = build(case, reduction="none")
+    target = _targets_with_empty_classes(case, device)
+    logits = random_logits(case, device) if prediction == "random" else perfect_logits(case, target)
+    value = loss(logits, target)
+    assert torch.isfinite(value).all()
+    assert torch.isfinite(gradient(lambda z: (loss(z, target) * image_weights(device)).sum(), logits)).all()
+
+
+@case_params
+def test_empty_target_with_false_positives_is_penalised(case: Case, device: torch.device) -> None:
+    loss = build(case, reduction="none")
+    target = background_target(case, device)
+    clean = perfect_logits(case, target)
+    with_false_positives = clean.clone()
+    # A confident foreground block over the first third of each image (class/channel 1, or the binary channel).
+    block = (slice(None), slice(0, SPATIAL[case.spatial_dims][0] // 3 + 1))
+    if case.mode == "multiclass":
+        with_false_positives[:, 0][block], with_false_positives[:, 1][block] = 0.0, MARGIN
+    elif case.mode == "binary":
+        with_false_positives[:, 0][block] = MARGIN
+    else:
+        with_false_positives[:, 1][block] = MARGIN
+    # Over the batch: a batch-pooled loss may put all of the penalty on one image's share.
+    penalised, unpenalised = loss(with_false_positives, target).mean(), loss(clean, target).mean()
+    assert penalised > unpenalised + 1e-3, f"{penalised.item()} vs {unpenalised.item()}"
+
+
+# --------------------------------------------------------------------------- ignore_index
+
+
+@case_params
+def test_ignore_index_isolates_ignored_pixels(case: Case, device: torch.device) -> None:
+    """Logits at ignored pixels change neither the value nor the gradient elsewhere; their gradient is 0."""
+    requires_option(case, "ignore_index")
+    loss = build(case, ignore_index=IGNORE, reduction="none")
+    ignored = ignored_pixels(case, device)
+    target = with_ignored(case, random_target(case, device), ignored)
+    logits = random_logits(case, device)
+    changed = logits.clone()
+    ignored_channels = ignored.unsqueeze(1).expand_as(logits)
+    changed[ignored_channels] = random_logits(case, device, seed=99, scale=10.0)[ignored_channels]
+
+    torch.testing.assert_close(loss(changed, target), loss(logits, target))
+    if case.mode == "multilabel":  # the other channels of an ignored pixel count for nothing either
+        relabelled = target.clone()
+        relabelled[:, 1:][ignored.unsqueeze(1).expand_as(target[:, 1:])] = 1.0
+        torch.testing.assert_close(loss(logits, relabelled), loss(logits, target))
+    weighted = lambda z: (loss(z, target) * image_weights(device)).sum()  # noqa: E731
+    grad, grad_changed = gradient(weighted, logits), gradient(weighted, changed)
+    torch.testing.assert_close(grad_changed[~ignored_channels], grad[~ignored_channels])
+    assert (grad[ignored_channels] == 0).all() and (grad_changed[ignored_channels] == 0).all()
+
+
+# --------------------------------------------------------------------------- precision
+
+
+@case_params
+def test_autocast_and_half_logits(case: Case, device: torch.device) -> None:
+    loss = build(case)
+    logits, target = random_logits(case, device, dtype=torch.float32), random_target(case, device)
+    reference = loss(logits, target)
+
+    def assert_close_to_reference(value: Tensor) -> None:
+        assert torch.isfinite(value)
+        torch.testing.assert_close(value.float(), reference, rtol=1e-2, atol=1e-3)
+
+    autocast_dtypes = [torch.bfloat16] + ([torch.float16] if device.type == "cuda" else [])
+    for dtype in autocast_dtypes:
+        with torch.autocast(device.type, dtype=dtype):
+            assert_close_to_reference(loss(logits, target))
+    for dtype in (torch.bfloat16, torch.float16):
+        half_logits = logits.to(dtype).requires_grad_(True)
+        value = loss(half_logits, target)
+        assert_close_to_reference(value)
+        value.backward()
+        assert half_logits.grad.dtype == dtype and torch.isfinite(half_logits.grad).all()
+
+
+# --------------------------------------------------------------------------- granularities
+
+
+@case_params
+@pytest.mark.parametrize("configuration", CONFIGURATIONS)
+def test_per_pixel_mean_is_per_image(case: Case, configuration: str, device: torch.device) -> None:
+    configured = configure(case, configuration, device)
+    loss, target, ignored = build(case, **configured.options), configured.target, configured.ignored
+    logits = random_logits(case, device)
+    if not type(loss).has_per_pixel:
+        with pytest.raises(TypeError, match=type(loss).__name__):
+            loss.per_pixel(logits, target)
+        return
+
+    per_pixel = loss.per_pixel(logits, target)
+    assert per_pixel.shape == (BATCH, *SPATIAL[case.spatial_dims])
+    assert (per_pixel[ignored] == 0).all()
+    counted = (~ignored).sum(dim=case.pixel_dims).double()
+
+    def image_mean_of_per_pixel(z: Tensor) -> Tensor:
+        return loss.per_pixel(z, target).sum(dim=case.pixel_dims) / counted
+
+    torch.testing.assert_close(image_mean_of_per_pixel(logits), loss.per_image(logits, target), rtol=1e-10, atol=1e-12)
+    weights = image_weights(device)
+    torch.testing.assert_close(
+        gradient(lambda z: (image_mean_of_per_pixel(z) * weights).sum(), logits),
+        gradient(lambda z: (loss.per_image(z, target) * weights).sum(), logits),
+        rtol=1e-9,
+        atol=1e-12,
+    )
+
+
+def _snake_case(camel: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", camel).lower()
+
+
+def functional_of(cls: type) -> Callable[..., Tensor]:
+    """The function doing the maths of a loss module: in the same module, named by FUNCTION_OF_MODULE
+    or by the convention ``XyzLoss -> xyz_loss``."""
+    module = sys.modules[cls.__module__]
+    stem = cls.__name__.removesuffix("Loss")
+    candidates = [FUNCTION_OF_MODULE.get(cls.__name__), f"{_snake_case(stem)}_loss", _snake_case(stem)]
+    for candidate in filter(None, candidates):
+        if callable(getattr(module, candidate, None)):
+            return getattr(module, candidate)
+    raise AssertionError(f"no functional counterpart of {cls.__name__} in {module.__name__} (tried {candidates})")
+
+
+@case_params
+@pytest.mark.parametrize("configuration", CONFIGURATIONS)
+def test_module_matches_functional(case: Case, configuration: str, device: torch.device) -> None:
+    configured = configure(case, configuration, device)
+    loss, target = build(case, **configured.options), configured.target
+    function = functional_of(type(loss))
+    logits = random_logits(case, device)
+    torch.testing.assert_close(
+        loss.per_image(logits, target), function(logits, target, **loss.options, reduction="none")
+    )
+    torch.testing.assert_close(loss(logits, target), function(logits, target, **loss.options))
+
+
+def _pools_the_batch(case: Case) -> bool:
+    """Whether the default configuration pools statistics over the batch (e.g. topk_ce ranks over it)."""
+    batch = inspect.signature(case.cls.__init__).parameters.get("batch")
+    return batch is not None and batch.default is True
+
+
+@case_params
+def test_images_are_independent(case: Case, device: torch.device) -> None:
+    """An image's loss does not depend on the other images of the batch, nor on its position in it."""
+    if _pools_the_batch(case):
+        pytest.skip(f"{case.name} pools its statistics over the batch by default")
+    loss = build(case, reduction="none")
+    logits, target = random_logits(case, device), random_target(case, device)
+    batched = loss(logits, target)
+    torch.testing.assert_close(loss(logits.flip(0), target.flip(0)), batched.flip(0))
+    for image in range(BATCH):
+        torch.testing.assert_close(
+            loss(logits[image : image + 1], target[image : image + 1]), batched[image : image + 1]
+        )
+
+
+@case_params
+def test_layout_and_dtype(case: Case, device: torch.device) -> None:
+    """Non-contiguous inputs (channels-last logits, strided views) give the same value; the output keeps
+    float32/float64; a call does not mutate the module's configuration."""
+    loss = build(case, reduction="none")
+    logits, target = random_logits(case, device), random_target(case, device)
+    channels_last_logits = logits.movedim(1, -1).contiguous().movedim(-1, 1)
+    strided_logits = torch.stack([logits, -logits], dim=-1)[..., 0]
+    strided_target = torch.stack([target, target], dim=-1)[..., 0]
+    assert not strided_logits.is_contiguous() and not strided_target.is_contiguous()
+    configuration_before = repr(loss)
+    reference = loss(logits, target)
+    torch.testing.assert_close(loss(channels_last_logits, strided_target), reference)
+    torch.testing.assert_close(loss(strided_logits, target), reference)
+    assert repr(loss) == configuration_before
+    assert reference.dtype == torch.float64
+    assert loss(logits.float(), target).dtype == torch.float32
+
+
+@case_params
+def test_soft_targets_and_extreme_logits_are_finite(case: Case, device: torch.device) -> None:
+    """Soft (non one-hot) dense targets and saturated float32 logits give finite values and gradients."""
+    loss = build(case, reduction="none")
+    generator = torch.Generator().manual_seed(5)
+    soft = torch.rand(case.logits_shape, generator=generator, dtype=torch.float64).to(device)
+    if case.mode == "multiclass":
+        soft = soft.softmax(dim=1)
+    extreme = random_logits(case, device, dtype=torch.float32, scale=60.0)
+    for logits, target in ((random_logits(case, device), soft), (extreme, random_target(case, device))):
+        value = loss(logits, target)
+        assert torch.isfinite(value).all(), f"{value.tolist()}"
+        assert torch.isfinite(gradient(lambda z, target=target: loss(z, target).sum(), logits)).all()
+
+
+@case_params
+def test_fully_ignored_image_is_finite(case: Case, device: torch.device) -> None:
+    requires_option(case, "ignore_index")
+    loss = build(case, ignore_index=IGNORE, reduction="none")
+    ignored = torch.zeros((BATCH, *SPATIAL[case.spatial_dims]), dtype=torch.bool, device=device)
+    ignored[1] = True
+    target = with_ignored(case, random_target(case, device), ignored)
+    logits = random_logits(case, device)
+    assert torch.isfinite(loss(logits, target)).all()
+    grad = gradient(lambda z: loss(z, target).sum(), logits)
+    assert torch.isfinite(grad).all() and (grad[1] == 0).all()
+
+
+@case_params_2d
+def test_common_options_behave(case: Case, device: torch.device) -> None:
+    """Uniform class weights change nothing; include_background=False runs and stays finite."""
+    accepts_weights = accepts(case.name, "class_weights")
+    accepts_background = accepts(case.name, "include_background") and case.channels > 1
+    if not (accepts_weights or accepts_background):
+        pytest.skip(f"{case.name} takes neither `class_weights` nor `include_background`")
+    logits, target = random_logits(case, device), random_target(case, device)
+    reference = build(case, reduction="none")(logits, target)
+    if accepts_weights:
+        uniform = build(case, class_weights=[1.0] * case.channels, reduction="none")(logits, target)
+        torch.testing.assert_close(uniform, reference)
+        as_tensor = torch.tensor([0.5, 1.0, 2.0][: case.channels], device=device)
+        torch.testing.assert_close(
+            build(case, class_weights=as_tensor, reduction="none")(logits, target),
+            build(case, class_weights=as_tensor.tolist(), reduction="none")(logits, target),
+        )
+    if accepts_background:
+        foreground_only = build(case, include_background=False, reduction="none")
+        assert torch.isfinite(foreground_only(logits, target)).all()
+
+
+# --------------------------------------------------------------------------- bad input
+
+BAD_INPUTS = [
+    "logits_ndim",
+    "label_out_of_range",
+    "float_labels",
+    "shape_mismatch",
+    "nan_logits",
+    "reduction",
+    "class_weights",
+]
+ARGUMENT_OF_BAD_INPUT = {
+    "logits_ndim": "logits",
+    "label_out_of_range": "target",
+    "float_labels": "target",
+    "shape_mismatch": "target",
+    "nan_logits": "logits",
+    "reduction": "reduction",
+    "class_weights": "class_weights",
+}
+
+
+@case_params_2d
+@pytest.mark.parametrize("bad", BAD_INPUTS)
+def test_bad_input_names_the_argument(case: Case, bad: str, device: torch.device) -> None:
+    if bad == "class_weights":
+        requires_option(case, "class_weights")
+    logits, target = random_logits(case, device, dtype=torch.float32), random_target(case, device)
+    options = {}
+    if bad == "logits_ndim":
+        logits = logits[:, :, 0]
+    elif bad == "label_out_of_range":
+        target = target.clone()
+        target.view(-1)[0] = 2 if case.mode != "multiclass" else case.channels
+    elif bad == "float_labels":
+        target = torch.rand((BATCH, *SPATIAL[case.spatial_dims]), device=device)
+    elif bad == "shape_mismatch":
+        target = target[..., :-1]
+    elif bad == "nan_logits":
+        logits = logits.clone()
+        logits.view(-1)[3] = float("nan")
+    elif bad == "reduction":
+        options["reduction"] = "avg"
+    elif bad == "class_weights":
+        options["class_weights"] = [1.0] * (case.channels + 1)
+    with pytest.raises((ValueError, TypeError), match=f"`{ARGUMENT_OF_BAD_INPUT[bad]}`"):
+        build(case, **options)(logits, target)
+
+
+@loss_names
+def test_unsupported_mode_is_refused(name: str, device: torch.device) -> None:
+    unsupported = [mode for mode in MODES if mode not in _declared_modes(loss_class(name))]
+    if not unsupported:
+        pytest.skip(f"{name} supports every mode")
+    for mode in unsupported:
+        case = Case(name, 2, mode)
+        with pytest.raises((ValueError, TypeError), match="`mode`"):
+            build(case)(random_logits(case, device), random_target(case, device))
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@loss_names
+def test_create_loss_returns_registered_class(name: str) -> None:
+    created = create_loss(name, **REQUIRED_ARGUMENTS.get(name, {}))
+    assert type(created) is loss_class(name) and isinstance(created, Loss)
+    assert name in seglosses.list_losses(name)
+
+
+def test_unknown_loss_name_suggests_closest() -> None:
+    with pytest.raises(ValueError, match=r"`name`.*'dice'"):
+        create_loss("dicee")
