@@ -186,3 +186,13 @@ def test_weighted_operator_errors():
         (CrossEntropyLoss() + DiceLoss()) * "2"
     with pytest.raises(TypeError, match="weight"):
         CrossEntropyLoss() * DiceLoss()
+
+
+def test_sums_keep_the_terms_reduction_and_builtin_sum_works():
+    per_image_sum = CrossEntropyLoss(reduction="none") + DiceLoss(reduction="none")
+    assert per_image_sum.reduction == "none"
+    assert (0.5 * DiceLoss(reduction="sum")).reduction == "sum"
+    logits, labels = torch.randn(3, 2, 4, 4), torch.randint(0, 2, (3, 4, 4))
+    assert per_image_sum(logits, labels).shape == (3,)
+    total = sum([CrossEntropyLoss(), DiceLoss()])
+    torch.testing.assert_close(total(logits, labels), (CrossEntropyLoss() + DiceLoss())(logits, labels))

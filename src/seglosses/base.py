@@ -91,6 +91,11 @@ class Loss(nn.Module):
     def __mul__(self, weight: float) -> Loss:
         from seglosses.compound import Weighted
 
-        return Weighted([(weight, self)])
+        return Weighted([(weight, self)], self.reduction)
 
     __rmul__ = __mul__
+
+    def __radd__(self, other: object) -> Loss:
+        if isinstance(other, (int, float)) and not isinstance(other, bool) and other == 0:
+            return self  # sum([loss_a, loss_b]) starts from 0
+        return NotImplemented

@@ -34,7 +34,8 @@ from seglosses.base import Loss, reduce_images
 from seglosses.pixel import (
     CrossEntropyLoss,
     FocalLoss,
-    cross_entropy,
+    _cross_entropy_map,
+    _focal_map,
     cross_entropy_per_pixel,
     focal_loss,
     focal_loss_per_pixel,
@@ -45,8 +46,8 @@ from seglosses.region import (
     FocalTverskyLoss,
     _dice_counts,
     _dice_parts,
+    _setup,
     class_average_weights,
-    dice_loss,
     dice_loss_per_pixel,
     focal_tversky_loss,
     ratio_per_image,
@@ -116,8 +117,8 @@ class Weighted(Loss):
 
     @classmethod
     def of(cls, loss: Loss) -> Weighted:
-        """``loss`` itself when it is already a sum of terms, else a one-term sum."""
-        return loss if isinstance(loss, Weighted) else cls([(1.0, loss)])
+        """``loss`` itself when it is already a sum of terms, else a one-term sum with its reduction."""
+        return loss if isinstance(loss, Weighted) else cls([(1.0, loss)], loss.reduction)
 
     @property
     def terms(self) -> list[tuple[float, Loss]]:
@@ -238,6 +239,14 @@ def _check_lambda(name: str, value: float) -> float:
 # --------------------------------------------------------------------------- Dice + CE
 
 
+def _prepared_dice(logits, target, squared, batch, mode, include_background, ignore_index, eps):
+    """The prepared inputs and the per-image Dice loss: Dice + X compounds prepare their inputs once."""
+    check_type("batch", batch, bool)
+    prepared, eps, weights = _setup(logits, target, mode, ignore_index, include_background, None, eps)
+    excess, denominator = _dice_counts(prepared, squared)
+    return prepared, ratio_per_image(excess, denominator, weights, batch=batch, eps=eps)
+
+
 def dice_ce_loss(
     logits: Tensor,
     target: Tensor,
@@ -282,13 +291,12 @@ def dice_ce_loss(
         >>> _ = torch.manual_seed(0)
         >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
         >>> loss = dice_ce_loss(logits, labels)
+        >>> from seglosses import cross_entropy, dice_loss, focal_loss
         >>> torch.allclose(loss, dice_loss(logits, labels) + cross_entropy(logits, labels))
         True
     """
-    dice = dice_loss(logits, target, squared=squared, batch=batch, mode=mode, include_background=include_background,
-                     ignore_index=ignore_index, eps=eps, reduction="none")
-    ce = cross_entropy(logits, target, mode=mode, class_weights=class_weights, ignore_index=ignore_index,
-                       reduction="none")
+    prepared, dice = _prepared_dice(logits, target, squared, batch, mode, include_background, ignore_index, eps)
+    ce = prepared.image_mean(_cross_entropy_map(prepared, class_weights))
     return reduce_images(_check_lambda("lambda_dice", lambda_dice) * dice + _check_lambda("lambda_ce", lambda_ce) * ce,
                          reduction)
 
@@ -352,6 +360,10 @@ class DiceCELoss(_NamedSum):
             eps=eps,
         )
 
+    def per_image(self, logits: Tensor, target: Tensor) -> Tensor:
+        self.check_mode(logits)  # one prepared input for both terms, rather than the generic sum
+        return dice_ce_loss(logits, target, **self.options, reduction="none")
+
 
 # --------------------------------------------------------------------------- Dice + focal
 
@@ -401,14 +413,13 @@ def dice_focal_loss(
     Example:
         >>> _ = torch.manual_seed(0)
         >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> from seglosses import cross_entropy, dice_loss, focal_loss
         >>> loss = dice_focal_loss(logits, labels, lambda_focal=0.5)
         >>> torch.allclose(loss, dice_loss(logits, labels) + 0.5 * focal_loss(logits, labels))
         True
     """
-    dice = dice_loss(logits, target, squared=squared, batch=batch, mode=mode, include_background=include_background,
-                     ignore_index=ignore_index, eps=eps, reduction="none")
-    focal = focal_loss(logits, target, gamma=gamma, alpha=alpha, mode=mode, ignore_index=ignore_index,
-                       reduction="none")
+    prepared, dice = _prepared_dice(logits, target, squared, batch, mode, include_background, ignore_index, eps)
+    focal = prepared.image_mean(_focal_map(prepared, gamma, alpha))
     weighted = _check_lambda("lambda_dice", lambda_dice) * dice + _check_lambda("lambda_focal", lambda_focal) * focal
     return reduce_images(weighted, reduction)
 
@@ -474,6 +485,10 @@ class DiceFocalLoss(_NamedSum):
             ignore_index=ignore_index,
             eps=eps,
         )
+
+    def per_image(self, logits: Tensor, target: Tensor) -> Tensor:
+        self.check_mode(logits)  # one prepared input for both terms, rather than the generic sum
+        return dice_focal_loss(logits, target, **self.options, reduction="none")
 
 
 # --------------------------------------------------------------------------- Combo
@@ -849,6 +864,7 @@ def unified_focal_loss(
         >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
         >>> round(unified_focal_loss(logits, labels).item(), 4)
         0.7584
+        >>> from seglosses import cross_entropy, dice_loss, focal_loss
         >>> half_ce_and_dice = 0.5 * (0.5 * cross_entropy(logits, labels)) + 0.5 * dice_loss(
         ...     logits, labels, squared=False, eps=2e-7)
         >>> torch.allclose(unified_focal_loss(logits, labels, gamma=0.0, delta=0.5), half_ce_and_dice)
@@ -1098,6 +1114,7 @@ def topk_dice_loss(
         >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
         >>> round(topk_dice_loss(logits, labels).item(), 4)
         0.7986
+        >>> from seglosses import cross_entropy, dice_loss, focal_loss
         >>> torch.allclose(topk_dice_loss(logits, labels, k_percent=100), dice_loss(logits, labels))
         True
     """
@@ -1289,6 +1306,7 @@ def ce_dice_pixel_loss(
         >>> _ = torch.manual_seed(0)
         >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
         >>> loss = ce_dice_pixel_loss(logits, labels)
+        >>> from seglosses import cross_entropy, dice_loss, focal_loss
         >>> torch.allclose(loss, 0.3 * cross_entropy(logits, labels) + 0.7 * dice_loss(logits, labels))
         True
         >>> per_pixel = ce_dice_pixel_loss_per_pixel(logits, labels)

@@ -124,26 +124,14 @@ class SoftCounts(NamedTuple):
 
 
 def soft_counts(prepared: Prepared, squared: bool = False) -> SoftCounts:
-    """Soft counts of :math:`p` against the target, with :math:`q = 2` when ``squared``.
-
-    For integer labels the target is one-hot, so the intersection and the target mass are
-    gathered and scattered by label instead of multiplying (B, C, *S) tensors.
-    """
+    """Soft counts of :math:`p` against the target over the counted pixels, with :math:`q = 2` when
+    ``squared`` (a one-hot target built from labels is its own square)."""
     probs = prepared.probs()
     counted_probs = prepared.mask(probs)
+    target = prepared.target
     prediction = _sums(counted_probs * probs if squared else counted_probs)
-    if prepared.labels is None:
-        target = prepared.target
-        return SoftCounts(_sums(counted_probs * target), prediction, _sums(target * target if squared else target))
-    labels = prepared.labels.flatten(1)
-    true_probs = probs.gather(1, prepared.labels.unsqueeze(1)).flatten(1)
-    empty = torch.zeros_like(prediction)
-    if prepared.valid is None:
-        counted = torch.ones_like(true_probs)
-        return SoftCounts(empty.scatter_add(1, labels, true_probs), prediction, empty.scatter_add(1, labels, counted))
-    counted = prepared.valid.flatten(1)
-    intersection = empty.scatter_add(1, labels, true_probs * counted)
-    return SoftCounts(intersection, prediction, empty.scatter_add(1, labels, counted))
+    target_mass = _sums(target * target if squared and prepared.labels is None else target)
+    return SoftCounts(_sums(counted_probs * target), prediction, target_mass)
 
 
 def _setup(logits, target, mode, ignore_index, include_background, class_weights, eps):
