@@ -77,6 +77,11 @@ def weighted_mean_per_pixel(weighted_values: Tensor, pixel_weights: Tensor | Non
 # --------------------------------------------------------------------------- cross-entropy
 
 
+def _uniform_labels(prepared: Prepared, class_weights) -> bool:
+    """Integer labels, every pixel counted, no class weights: the case PyTorch's fused kernels cover."""
+    return prepared.labels is not None and prepared.valid is None and class_weights is None
+
+
 def _cross_entropy_map(prepared: Prepared, class_weights) -> Tensor:
     weights = check_class_weights("class_weights", class_weights, prepared.num_classes, prepared.logits)
     values, pixel_weights = pixel_cross_entropy(prepared, weights)
@@ -141,6 +146,11 @@ def cross_entropy(
         True
     """
     prepared = prepare(logits, target, mode=mode, ignore_index=ignore_index)
+    if reduction != "none" and _uniform_labels(prepared, class_weights):
+        # Every image counts all its pixels with equal weight: the mean of the per-image means is
+        # the global mean, which PyTorch's fused kernel computes without a per-pixel gradient buffer.
+        mean = F.cross_entropy(prepared.logits, prepared.labels)
+        return mean if reduction == "mean" else mean * prepared.logits.shape[0]
     return reduce_images(prepared.image_mean(_cross_entropy_map(prepared, class_weights)), reduction)
 
 
@@ -167,6 +177,10 @@ class CrossEntropyLoss(Loss):
     def per_image(self, logits: Tensor, target: Tensor) -> Tensor:
         self.check_mode(logits)
         return cross_entropy(logits, target, **self.options, reduction="none")
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        self.check_mode(logits)
+        return cross_entropy(logits, target, **self.options, reduction=self.reduction)
 
 
 # --------------------------------------------------------------------------- TopK cross-entropy
@@ -265,6 +279,12 @@ def topk_cross_entropy(
         True
     """
     prepared = prepare(logits, target, mode=mode, ignore_index=ignore_index)
+    if reduction != "none" and batch and _uniform_labels(prepared, class_weights):
+        # The batch loss is the mean of the kept values: no selection mask needed.
+        k = check_number("k", k, low=0.0, high=1.0, low_inclusive=False)
+        values = F.cross_entropy(prepared.logits, prepared.labels, reduction="none").flatten()
+        mean = values.topk(max(1, math.ceil(k * values.numel() - 1e-9)), sorted=False).values.mean()
+        return mean if reduction == "mean" else mean * prepared.logits.shape[0]
     return reduce_images(prepared.image_mean(_topk_map(prepared, k, batch, class_weights)), reduction)
 
 
@@ -297,6 +317,10 @@ class TopKCrossEntropyLoss(Loss):
     def per_image(self, logits: Tensor, target: Tensor) -> Tensor:
         self.check_mode(logits)
         return topk_cross_entropy(logits, target, **self.options, reduction="none")
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        self.check_mode(logits)
+        return topk_cross_entropy(logits, target, **self.options, reduction=self.reduction)
 
 
 # --------------------------------------------------------------------------- focal
