@@ -13,6 +13,7 @@ Losses compose: ``0.3 * CrossEntropyLoss() + 0.7 * DiceLoss()`` is a :class:`~se
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
@@ -36,12 +37,17 @@ def reduce_images(per_image: Tensor, reduction: str) -> Tensor:
 class Loss(nn.Module):
     """Base class: configuration plus the three granularities of the loss contract.
 
-    Subclasses set ``modes`` (the modes they support) and ``has_per_pixel``, store their options in
-    ``self.options`` and implement :meth:`per_image` (and :meth:`per_pixel` when ``has_per_pixel``).
+    Subclasses set ``modes`` (the modes they support), ``has_per_pixel`` and their family's
+    ``function`` (and ``pixel_function``), and store their options in ``self.options``; the three
+    granularities then call those functions. A subclass may instead override the methods.
     """
 
     modes: ClassVar[tuple[str, ...]] = MODES
     has_per_pixel: ClassVar[bool] = False
+    # The family's functions: function(logits, target, **options, reduction) and
+    # pixel_function(logits, target, **options) -> (B, *S); set with staticmethod(...).
+    function: ClassVar[Callable[..., Tensor] | None] = None
+    pixel_function: ClassVar[Callable[..., Tensor] | None] = None
 
     def __init__(self, reduction: str = "mean", **options: Any) -> None:
         super().__init__()
@@ -67,17 +73,26 @@ class Loss(nn.Module):
 
     def per_image(self, logits: Tensor, target: Tensor) -> Tensor:
         """Loss of each image, (B,)."""
-        raise NotImplementedError
+        if self.function is None:
+            raise NotImplementedError(f"`{type(self).__name__}` sets no `function` and defines no per_image().")
+        self.check_mode(logits)
+        return self.function(logits, target, **self.options, reduction="none")
 
     def per_pixel(self, logits: Tensor, target: Tensor) -> Tensor:
         """Loss of each pixel, (B, *S), whose mean over an image's counted pixels is its per-image loss."""
-        raise TypeError(
-            f"`{type(self).__name__}` has no per-pixel form (its value is not a mean of per-pixel terms); "
-            "use per_image(), or a loss with has_per_pixel=True, e.g. cross_entropy, dice, ce_dice_pixel."
-        )
+        if not self.has_per_pixel or self.pixel_function is None:
+            raise TypeError(
+                f"`{type(self).__name__}` has no per-pixel form (its value is not a mean of per-pixel terms); "
+                "use per_image(), or a loss with has_per_pixel=True, e.g. cross_entropy, dice, ce_dice_pixel."
+            )
+        self.check_mode(logits)
+        return self.pixel_function(logits, target, **self.options)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        return reduce_images(self.per_image(logits, target), self.reduction)
+        if self.function is None:
+            return reduce_images(self.per_image(logits, target), self.reduction)
+        self.check_mode(logits)  # through the function, which may take a faster path for its reduction
+        return self.function(logits, target, **self.options, reduction=self.reduction)
 
     def extra_repr(self) -> str:
         shown = {k: v for k, v in self.options.items() if v is not None}

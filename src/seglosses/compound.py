@@ -612,6 +612,7 @@ class ComboLoss(Loss):
     """
 
     has_per_pixel = True
+    function = staticmethod(combo_loss)
 
     def __init__(
         self,
@@ -644,10 +645,6 @@ class ComboLoss(Loss):
         self.check_mode(logits)
         options = {k: v for k, v in self.options.items() if k != "dice_form"}
         return combo_loss_per_pixel(logits, target, **options)
-
-    def per_image(self, logits: Tensor, target: Tensor) -> Tensor:
-        self.check_mode(logits)
-        return combo_loss(logits, target, **self.options, reduction="none")
 
 
 # --------------------------------------------------------------------------- exponential logarithmic
@@ -740,6 +737,7 @@ class ExpLogLoss(Loss):
     """Module form of :func:`exp_log_loss`."""
 
     modes = ("multiclass",)
+    function = staticmethod(exp_log_loss)
 
     def __init__(
         self,
@@ -768,10 +766,6 @@ class ExpLogLoss(Loss):
                          ce_gamma=ce_gamma, frequency_weighting=frequency_weighting, mode=mode,
                          include_background=include_background, class_weights=class_weights,
                          ignore_index=ignore_index, eps=eps)
-
-    def per_image(self, logits: Tensor, target: Tensor) -> Tensor:
-        self.check_mode(logits)
-        return exp_log_loss(logits, target, **self.options, reduction="none")
 
 
 # --------------------------------------------------------------------------- Unified Focal
@@ -904,6 +898,7 @@ class UnifiedFocalLoss(Loss):
     """Module form of :func:`unified_focal_loss`."""
 
     modes = SOFTMAX_MODES
+    function = staticmethod(unified_focal_loss)
 
     def __init__(
         self,
@@ -927,10 +922,6 @@ class UnifiedFocalLoss(Loss):
         _check_eps(eps)
         super().__init__(reduction, asymmetric=asymmetric, focal_weight=focal_weight, delta=delta, gamma=gamma,
                          background_classes=background_classes, mode=mode, ignore_index=ignore_index, eps=eps)
-
-    def per_image(self, logits: Tensor, target: Tensor) -> Tensor:
-        self.check_mode(logits)
-        return unified_focal_loss(logits, target, **self.options, reduction="none")
 
 
 # --------------------------------------------------------------------------- Hybrid Focal
@@ -1151,6 +1142,7 @@ class TopKDiceLoss(Loss):
     """Module form of :func:`topk_dice_loss` (the tie-breaking maps are cached per spatial size)."""
 
     modes = SOFTMAX_MODES
+    function = staticmethod(topk_dice_loss)
 
     def __init__(
         self,
@@ -1172,10 +1164,6 @@ class TopKDiceLoss(Loss):
         _check_eps(eps)
         super().__init__(reduction, k_percent=k_percent, exclusion=exclusion, noise_seed=noise_seed, mode=mode,
                          include_background=include_background, ignore_index=ignore_index, eps=eps)
-
-    def per_image(self, logits: Tensor, target: Tensor) -> Tensor:
-        self.check_mode(logits)
-        return topk_dice_loss(logits, target, **self.options, reduction="none")
 
 
 # --------------------------------------------------------------------------- CE + per-pixel Dice (SPEC A.2)
@@ -1323,6 +1311,8 @@ class CEDicePixelLoss(Loss):
     """Module form of :func:`ce_dice_pixel_loss`, with :meth:`per_pixel_parts` for the envelope."""
 
     has_per_pixel = True
+    function = staticmethod(ce_dice_pixel_loss)
+    pixel_function = staticmethod(ce_dice_pixel_loss_per_pixel)
 
     def __init__(
         self,
@@ -1348,11 +1338,3 @@ class CEDicePixelLoss(Loss):
         """``{"ce": ..., "dice": ...}``, the weighted parts of :meth:`per_pixel`, each (B, *S)."""
         self.check_mode(logits)
         return ce_dice_pixel_parts(logits, target, **self.options)
-
-    def per_pixel(self, logits: Tensor, target: Tensor) -> Tensor:
-        self.check_mode(logits)
-        return ce_dice_pixel_loss_per_pixel(logits, target, **self.options)
-
-    def per_image(self, logits: Tensor, target: Tensor) -> Tensor:
-        self.check_mode(logits)
-        return ce_dice_pixel_loss(logits, target, **self.options, reduction="none")

@@ -159,6 +159,8 @@ class CrossEntropyLoss(Loss):
     """Module form of :func:`cross_entropy` (weighted cross-entropy)."""
 
     has_per_pixel = True
+    function = staticmethod(cross_entropy)
+    pixel_function = staticmethod(cross_entropy_per_pixel)
 
     def __init__(
         self,
@@ -169,18 +171,6 @@ class CrossEntropyLoss(Loss):
         reduction: str = "mean",
     ) -> None:
         super().__init__(reduction, mode=mode, class_weights=class_weights, ignore_index=ignore_index)
-
-    def per_pixel(self, logits: Tensor, target: Tensor) -> Tensor:
-        self.check_mode(logits)
-        return cross_entropy_per_pixel(logits, target, **self.options)
-
-    def per_image(self, logits: Tensor, target: Tensor) -> Tensor:
-        self.check_mode(logits)
-        return cross_entropy(logits, target, **self.options, reduction="none")
-
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        self.check_mode(logits)
-        return cross_entropy(logits, target, **self.options, reduction=self.reduction)
 
 
 # --------------------------------------------------------------------------- TopK cross-entropy
@@ -293,6 +283,8 @@ class TopKCrossEntropyLoss(Loss):
     """Module form of :func:`topk_cross_entropy`."""
 
     has_per_pixel = True
+    function = staticmethod(topk_cross_entropy)
+    pixel_function = staticmethod(topk_cross_entropy_per_pixel)
 
     def __init__(
         self,
@@ -309,18 +301,6 @@ class TopKCrossEntropyLoss(Loss):
         super().__init__(
             reduction, k=k, batch=batch, mode=mode, class_weights=class_weights, ignore_index=ignore_index
         )
-
-    def per_pixel(self, logits: Tensor, target: Tensor) -> Tensor:
-        self.check_mode(logits)
-        return topk_cross_entropy_per_pixel(logits, target, **self.options)
-
-    def per_image(self, logits: Tensor, target: Tensor) -> Tensor:
-        self.check_mode(logits)
-        return topk_cross_entropy(logits, target, **self.options, reduction="none")
-
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        self.check_mode(logits)
-        return topk_cross_entropy(logits, target, **self.options, reduction=self.reduction)
 
 
 # --------------------------------------------------------------------------- focal
@@ -430,6 +410,8 @@ class FocalLoss(Loss):
     """Module form of :func:`focal_loss`."""
 
     has_per_pixel = True
+    function = staticmethod(focal_loss)
+    pixel_function = staticmethod(focal_loss_per_pixel)
 
     def __init__(
         self,
@@ -442,11 +424,3 @@ class FocalLoss(Loss):
     ) -> None:
         check_number("gamma", gamma, low=0.0)
         super().__init__(reduction, gamma=gamma, alpha=alpha, mode=mode, ignore_index=ignore_index)
-
-    def per_pixel(self, logits: Tensor, target: Tensor) -> Tensor:
-        self.check_mode(logits)
-        return focal_loss_per_pixel(logits, target, **self.options)
-
-    def per_image(self, logits: Tensor, target: Tensor) -> Tensor:
-        self.check_mode(logits)
-        return focal_loss(logits, target, **self.options, reduction="none")

@@ -268,6 +268,8 @@ class DiceLoss(Loss):
     """Module form of :func:`dice_loss`."""
 
     has_per_pixel = True
+    function = staticmethod(dice_loss)
+    pixel_function = staticmethod(dice_loss_per_pixel)
 
     def __init__(
         self,
@@ -294,14 +296,6 @@ class DiceLoss(Loss):
             ignore_index=ignore_index,
             eps=eps,
         )
-
-    def per_pixel(self, logits: Tensor, target: Tensor) -> Tensor:
-        self.check_mode(logits)
-        return dice_loss_per_pixel(logits, target, **self.options)
-
-    def per_image(self, logits: Tensor, target: Tensor) -> Tensor:
-        self.check_mode(logits)
-        return dice_loss(logits, target, **self.options, reduction="none")
 
 
 # --------------------------------------------------------------------------- log-cosh Dice
@@ -362,6 +356,8 @@ def log_cosh_dice_loss(
 class LogCoshDiceLoss(Loss):
     """Module form of :func:`log_cosh_dice_loss`."""
 
+    function = staticmethod(log_cosh_dice_loss)
+
     def __init__(
         self,
         *,
@@ -387,10 +383,6 @@ class LogCoshDiceLoss(Loss):
             ignore_index=ignore_index,
             eps=eps,
         )
-
-    def per_image(self, logits: Tensor, target: Tensor) -> Tensor:
-        self.check_mode(logits)
-        return log_cosh_dice_loss(logits, target, **self.options, reduction="none")
 
 
 # --------------------------------------------------------------------------- generalised Dice
@@ -528,6 +520,8 @@ class GeneralizedDiceLoss(Loss):
     """Module form of :func:`generalized_dice_loss`."""
 
     has_per_pixel = True
+    function = staticmethod(generalized_dice_loss)
+    pixel_function = staticmethod(generalized_dice_loss_per_pixel)
 
     def __init__(
         self,
@@ -552,14 +546,6 @@ class GeneralizedDiceLoss(Loss):
             ignore_index=ignore_index,
             eps=eps,
         )
-
-    def per_pixel(self, logits: Tensor, target: Tensor) -> Tensor:
-        self.check_mode(logits)
-        return generalized_dice_loss_per_pixel(logits, target, **self.options)
-
-    def per_image(self, logits: Tensor, target: Tensor) -> Tensor:
-        self.check_mode(logits)
-        return generalized_dice_loss(logits, target, **self.options, reduction="none")
 
 
 # --------------------------------------------------------------------------- IoU (Jaccard)
@@ -655,6 +641,8 @@ class JaccardLoss(Loss):
     """Module form of :func:`jaccard_loss` (the soft IoU loss)."""
 
     has_per_pixel = True
+    function = staticmethod(jaccard_loss)
+    pixel_function = staticmethod(jaccard_loss_per_pixel)
 
     def __init__(
         self,
@@ -678,14 +666,6 @@ class JaccardLoss(Loss):
             ignore_index=ignore_index,
             eps=eps,
         )
-
-    def per_pixel(self, logits: Tensor, target: Tensor) -> Tensor:
-        self.check_mode(logits)
-        return jaccard_loss_per_pixel(logits, target, **self.options)
-
-    def per_image(self, logits: Tensor, target: Tensor) -> Tensor:
-        self.check_mode(logits)
-        return jaccard_loss(logits, target, **self.options, reduction="none")
 
 
 # --------------------------------------------------------------------------- Lovasz
@@ -820,6 +800,8 @@ def lovasz_loss(
 class LovaszLoss(Loss):
     """Module form of :func:`lovasz_loss` (Lovasz-softmax, or the Lovasz hinge in sigmoid modes)."""
 
+    function = staticmethod(lovasz_loss)
+
     def __init__(
         self,
         *,
@@ -842,10 +824,6 @@ class LovaszLoss(Loss):
             class_weights=class_weights,
             ignore_index=ignore_index,
         )
-
-    def per_image(self, logits: Tensor, target: Tensor) -> Tensor:
-        self.check_mode(logits)
-        return lovasz_loss(logits, target, **self.options, reduction="none")
 
 
 # --------------------------------------------------------------------------- Tversky and focal Tversky
@@ -967,6 +945,8 @@ class TverskyLoss(Loss):
     """Module form of :func:`tversky_loss`."""
 
     has_per_pixel = True
+    function = staticmethod(tversky_loss)
+    pixel_function = staticmethod(tversky_loss_per_pixel)
 
     def __init__(
         self,
@@ -995,14 +975,6 @@ class TverskyLoss(Loss):
             ignore_index=ignore_index,
             eps=eps,
         )
-
-    def per_pixel(self, logits: Tensor, target: Tensor) -> Tensor:
-        self.check_mode(logits)
-        return tversky_loss_per_pixel(logits, target, **self.options)
-
-    def per_image(self, logits: Tensor, target: Tensor) -> Tensor:
-        self.check_mode(logits)
-        return tversky_loss(logits, target, **self.options, reduction="none")
 
 
 def focal_tversky_loss(
@@ -1074,6 +1046,8 @@ def focal_tversky_loss(
 class FocalTverskyLoss(Loss):
     """Module form of :func:`focal_tversky_loss`."""
 
+    function = staticmethod(focal_tversky_loss)
+
     def __init__(
         self,
         *,
@@ -1104,10 +1078,6 @@ class FocalTverskyLoss(Loss):
             ignore_index=ignore_index,
             eps=eps,
         )
-
-    def per_image(self, logits: Tensor, target: Tensor) -> Tensor:
-        self.check_mode(logits)
-        return focal_tversky_loss(logits, target, **self.options, reduction="none")
 
 
 # --------------------------------------------------------------------------- sensitivity-specificity
@@ -1214,6 +1184,8 @@ class SensitivitySpecificityLoss(Loss):
     """Module form of :func:`sensitivity_specificity_loss`."""
 
     has_per_pixel = True
+    function = staticmethod(sensitivity_specificity_loss)
+    pixel_function = staticmethod(sensitivity_specificity_loss_per_pixel)
 
     def __init__(
         self,
@@ -1240,14 +1212,6 @@ class SensitivitySpecificityLoss(Loss):
             ignore_index=ignore_index,
             eps=eps,
         )
-
-    def per_pixel(self, logits: Tensor, target: Tensor) -> Tensor:
-        self.check_mode(logits)
-        return sensitivity_specificity_loss_per_pixel(logits, target, **self.options)
-
-    def per_image(self, logits: Tensor, target: Tensor) -> Tensor:
-        self.check_mode(logits)
-        return sensitivity_specificity_loss(logits, target, **self.options, reduction="none")
 
 
 # --------------------------------------------------------------------------- MCC
@@ -1320,6 +1284,8 @@ def mcc_loss(
 class MCCLoss(Loss):
     """Module form of :func:`mcc_loss`."""
 
+    function = staticmethod(mcc_loss)
+
     def __init__(
         self,
         *,
@@ -1342,7 +1308,3 @@ class MCCLoss(Loss):
             ignore_index=ignore_index,
             eps=eps,
         )
-
-    def per_image(self, logits: Tensor, target: Tensor) -> Tensor:
-        self.check_mode(logits)
-        return mcc_loss(logits, target, **self.options, reduction="none")
