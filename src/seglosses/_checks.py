@@ -22,7 +22,16 @@ _value_checks_enabled = True
 
 
 def set_value_checks(enabled: bool) -> None:
-    """Turn the value checks (NaN/inf inputs, label ranges) on or off globally."""
+    """Turn the value checks (NaN/inf inputs, label ranges) on or off globally.
+
+    Example:
+        >>> set_value_checks(False)  # e.g. around a compiled step whose inputs are known to be clean
+        >>> value_checks_enabled()
+        False
+        >>> set_value_checks(True)  # the default
+        >>> value_checks_enabled()
+        True
+    """
     global _value_checks_enabled
     check_type("enabled", enabled, bool)
     _value_checks_enabled = enabled
@@ -35,7 +44,15 @@ def value_checks_enabled() -> bool:
 
 @contextmanager
 def value_checks(enabled: bool):
-    """Context manager form of :func:`set_value_checks`."""
+    """Context manager form of :func:`set_value_checks`.
+
+    Example:
+        >>> with value_checks(False):
+        ...     value_checks_enabled()
+        False
+        >>> value_checks_enabled()  # the previous setting is restored on exit
+        True
+    """
     previous = _value_checks_enabled
     set_value_checks(enabled)
     try:

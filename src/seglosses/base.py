@@ -25,7 +25,14 @@ REDUCTIONS: tuple[str, ...] = ("mean", "sum", "none")
 
 
 def reduce_images(per_image: Tensor, reduction: str) -> Tensor:
-    """Reduce (B,) per-image losses: "mean", "sum" or "none" (returns them unchanged)."""
+    """Reduce (B,) per-image losses: "mean", "sum" or "none" (returns them unchanged).
+
+    Example:
+        >>> import torch
+        >>> losses = torch.tensor([1.0, 3.0])
+        >>> reduce_images(losses, "mean"), reduce_images(losses, "sum"), reduce_images(losses, "none")
+        (tensor(2.), tensor(4.), tensor([1., 3.]))
+    """
     check_one_of("reduction", reduction, REDUCTIONS)
     if reduction == "mean":
         return per_image.mean()
@@ -40,6 +47,20 @@ class Loss(nn.Module):
     Subclasses set ``modes`` (the modes they support), ``has_per_pixel`` and their family's
     ``function`` (and ``pixel_function``), and store their options in ``self.options``; the three
     granularities then call those functions. A subclass may instead override the methods.
+
+    Example:
+        >>> import torch
+        >>> from seglosses import DiceLoss
+        >>> _ = torch.manual_seed(0)
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> loss = DiceLoss()  # a Loss: options only, and the three granularities
+        >>> per_pixel, per_image = loss.per_pixel(logits, labels), loss.per_image(logits, labels)
+        >>> per_pixel.shape, per_image.shape, loss(logits, labels).shape
+        (torch.Size([2, 8, 8]), torch.Size([2]), torch.Size([]))
+        >>> torch.allclose(per_pixel.mean(dim=(1, 2)), per_image)
+        True
+        >>> torch.allclose(per_image.mean(), loss(logits, labels))
+        True
     """
 
     modes: ClassVar[tuple[str, ...]] = MODES

@@ -315,7 +315,17 @@ def dice_ce_loss_per_pixel(
     ignore_index: int | None = None,
     eps: float = 1e-5,
 ) -> Tensor:
-    """Per-pixel form of :func:`dice_ce_loss`, (B, *S): the weighted sum of both terms' per-pixel forms."""
+    """Per-pixel form of :func:`dice_ce_loss`, (B, *S): the weighted sum of both terms' per-pixel forms.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> per_pixel = dice_ce_loss_per_pixel(logits, labels)
+        >>> per_pixel.shape
+        torch.Size([2, 8, 8])
+        >>> torch.allclose(per_pixel.mean(dim=(1, 2)), dice_ce_loss(logits, labels, reduction="none"))
+        True
+    """
     dice = dice_loss_per_pixel(logits, target, squared=squared, batch=batch, mode=mode,
                                include_background=include_background, ignore_index=ignore_index, eps=eps)
     ce = cross_entropy_per_pixel(logits, target, mode=mode, class_weights=class_weights, ignore_index=ignore_index)
@@ -324,7 +334,17 @@ def dice_ce_loss_per_pixel(
 
 @register_loss("dice_ce")
 class DiceCELoss(_NamedSum):
-    """Module form of :func:`dice_ce_loss`: a :class:`Weighted` sum of ``DiceLoss`` and ``CrossEntropyLoss``."""
+    """Module form of :func:`dice_ce_loss`: a :class:`Weighted` sum of ``DiceLoss`` and ``CrossEntropyLoss``.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> loss = DiceCELoss(lambda_dice=1.0, lambda_ce=1.0)
+        >>> loss(logits, labels).shape, loss.per_pixel(logits, labels).shape
+        (torch.Size([]), torch.Size([2, 8, 8]))
+        >>> torch.allclose(loss(logits, labels), dice_ce_loss(logits, labels))
+        True
+    """
 
     modes = MODES
     has_per_pixel = True
@@ -439,7 +459,18 @@ def dice_focal_loss_per_pixel(
     ignore_index: int | None = None,
     eps: float = 1e-5,
 ) -> Tensor:
-    """Per-pixel form of :func:`dice_focal_loss`, (B, *S): the weighted sum of both terms' per-pixel forms."""
+    """Per-pixel form of :func:`dice_focal_loss`, (B, *S): the weighted sum of both terms' per-pixel forms.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> per_pixel = dice_focal_loss_per_pixel(logits, labels, lambda_focal=0.5)
+        >>> per_pixel.shape
+        torch.Size([2, 8, 8])
+        >>> torch.allclose(per_pixel.mean(dim=(1, 2)),
+        ...                dice_focal_loss(logits, labels, lambda_focal=0.5, reduction="none"))
+        True
+    """
     dice = dice_loss_per_pixel(logits, target, squared=squared, batch=batch, mode=mode,
                                include_background=include_background, ignore_index=ignore_index, eps=eps)
     focal = focal_loss_per_pixel(logits, target, gamma=gamma, alpha=alpha, mode=mode, ignore_index=ignore_index)
@@ -448,7 +479,17 @@ def dice_focal_loss_per_pixel(
 
 @register_loss("dice_focal")
 class DiceFocalLoss(_NamedSum):
-    """Module form of :func:`dice_focal_loss`: a :class:`Weighted` sum of ``DiceLoss`` and ``FocalLoss``."""
+    """Module form of :func:`dice_focal_loss`: a :class:`Weighted` sum of ``DiceLoss`` and ``FocalLoss``.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> loss = DiceFocalLoss(lambda_focal=0.5)
+        >>> loss(logits, labels).shape, loss.per_pixel(logits, labels).shape
+        (torch.Size([]), torch.Size([2, 8, 8]))
+        >>> torch.allclose(loss(logits, labels), dice_focal_loss(logits, labels, lambda_focal=0.5))
+        True
+    """
 
     modes = MODES
     has_per_pixel = True
@@ -598,7 +639,17 @@ def combo_loss_per_pixel(
     eps: float = 1e-5,
 ) -> Tensor:
     """Exact per-pixel decomposition of :func:`combo_loss` in its ``"one_minus"`` form, (B, *S):
-    the pixel's weighted cross-entropy plus its linear Dice term (SPEC A.2)."""
+    the pixel's weighted cross-entropy plus its linear Dice term (SPEC A.2).
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> per_pixel = combo_loss_per_pixel(logits, labels)
+        >>> per_pixel.shape
+        torch.Size([2, 8, 8])
+        >>> torch.allclose(per_pixel.mean(dim=(1, 2)), combo_loss(logits, labels, reduction="none"))
+        True
+    """
     prepared = prepare(logits, target, mode=mode, ignore_index=ignore_index)
     return _combo_terms(prepared, alpha, beta, include_background, class_weights, eps, per_pixel=True)
 
@@ -609,6 +660,17 @@ class ComboLoss(Loss):
 
     ``has_per_pixel`` is False on an instance built with ``dice_form="negative"``: that form's value
     is negative, which the envelope's ranking and mean cannot use (SPEC C).
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> loss = ComboLoss(alpha=0.5, beta=0.7)
+        >>> loss(logits, labels).shape, loss.per_pixel(logits, labels).shape
+        (torch.Size([]), torch.Size([2, 8, 8]))
+        >>> torch.allclose(loss(logits, labels), combo_loss(logits, labels, alpha=0.5, beta=0.7))
+        True
+        >>> ComboLoss(dice_form="negative").has_per_pixel
+        False
     """
 
     has_per_pixel = True
@@ -734,7 +796,17 @@ def exp_log_loss(
 
 @register_loss("exp_log")
 class ExpLogLoss(Loss):
-    """Module form of :func:`exp_log_loss`."""
+    """Module form of :func:`exp_log_loss`.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> loss = ExpLogLoss(dice_weight=0.8, ce_weight=0.2)
+        >>> loss(logits, labels).shape, loss.per_image(logits, labels).shape, loss.has_per_pixel
+        (torch.Size([]), torch.Size([2]), False)
+        >>> torch.allclose(loss(logits, labels), exp_log_loss(logits, labels))
+        True
+    """
 
     modes = ("multiclass",)
     function = staticmethod(exp_log_loss)
@@ -895,7 +967,17 @@ def unified_focal_loss(
 
 @register_loss("unified_focal")
 class UnifiedFocalLoss(Loss):
-    """Module form of :func:`unified_focal_loss`."""
+    """Module form of :func:`unified_focal_loss`.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> loss = UnifiedFocalLoss(asymmetric=True, delta=0.6, gamma=0.5)
+        >>> loss(logits, labels).shape, loss.per_image(logits, labels).shape, loss.has_per_pixel
+        (torch.Size([]), torch.Size([2]), False)
+        >>> torch.allclose(loss(logits, labels), unified_focal_loss(logits, labels))
+        True
+    """
 
     modes = SOFTMAX_MODES
     function = staticmethod(unified_focal_loss)
@@ -988,7 +1070,17 @@ def hybrid_focal_loss(
 
 @register_loss("hybrid_focal")
 class HybridFocalLoss(_NamedSum):
-    """Module form of :func:`hybrid_focal_loss`: a :class:`Weighted` sum of ``FocalLoss`` and ``FocalTverskyLoss``."""
+    """Module form of :func:`hybrid_focal_loss`: a :class:`Weighted` sum of ``FocalLoss`` and ``FocalTverskyLoss``.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> loss = HybridFocalLoss(focal_weight=0.5)
+        >>> loss(logits, labels).shape, loss.per_image(logits, labels).shape, loss.has_per_pixel
+        (torch.Size([]), torch.Size([2]), False)
+        >>> torch.allclose(loss(logits, labels), hybrid_focal_loss(logits, labels))
+        True
+    """
 
     modes = tuple(mode for mode in FocalLoss.modes if mode in FocalTverskyLoss.modes)
     has_per_pixel = False  # the focal Tversky power has no per-pixel form
@@ -1139,7 +1231,17 @@ def topk_dice_loss(
 
 @register_loss("topk_dice")
 class TopKDiceLoss(Loss):
-    """Module form of :func:`topk_dice_loss` (the tie-breaking maps are cached per spatial size)."""
+    """Module form of :func:`topk_dice_loss` (the tie-breaking maps are cached per spatial size).
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> loss = TopKDiceLoss(k_percent=50.0)
+        >>> loss(logits, labels).shape, loss.per_image(logits, labels).shape, loss.has_per_pixel
+        (torch.Size([]), torch.Size([2]), False)
+        >>> torch.allclose(loss(logits, labels), topk_dice_loss(logits, labels, k_percent=50.0))
+        True
+    """
 
     modes = SOFTMAX_MODES
     function = staticmethod(topk_dice_loss)
@@ -1212,7 +1314,17 @@ def ce_dice_pixel_parts(
 ) -> dict[str, Tensor]:
     """The two weighted per-pixel parts of :func:`ce_dice_pixel_loss`, ``{"ce": ..., "dice": ...}``:
     each (B, *S), 0 at ignored pixels; their sum is the per-pixel loss. The envelope ranks pixels by
-    the ``"ce"`` part when asked to (``pixel_rank_key="ce"``, SPEC A.2)."""
+    the ``"ce"`` part when asked to (``pixel_rank_key="ce"``, SPEC A.2).
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> parts = ce_dice_pixel_parts(logits, labels, lambda_ce=0.3, lambda_dc=0.7)
+        >>> sorted(parts), parts["ce"].shape
+        (['ce', 'dice'], torch.Size([2, 8, 8]))
+        >>> torch.allclose(parts["ce"] + parts["dice"], ce_dice_pixel_loss_per_pixel(logits, labels))
+        True
+    """
     prepared = prepare(logits, target, mode=mode, ignore_index=ignore_index)
     return _ce_dice_parts(prepared, lambda_ce, lambda_dc, dice_decomposition, class_weights, eps)
 
@@ -1229,7 +1341,17 @@ def ce_dice_pixel_loss_per_pixel(
     ignore_index: int | None = None,
     eps: float = 1e-5,
 ) -> Tensor:
-    """Per-pixel loss of :func:`ce_dice_pixel_loss`, (B, *S): the sum of :func:`ce_dice_pixel_parts`."""
+    """Per-pixel loss of :func:`ce_dice_pixel_loss`, (B, *S): the sum of :func:`ce_dice_pixel_parts`.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> per_pixel = ce_dice_pixel_loss_per_pixel(logits, labels)
+        >>> per_pixel.shape
+        torch.Size([2, 8, 8])
+        >>> torch.allclose(per_pixel.mean(dim=(1, 2)), ce_dice_pixel_loss(logits, labels, reduction="none"))
+        True
+    """
     parts = ce_dice_pixel_parts(logits, target, lambda_ce=lambda_ce, lambda_dc=lambda_dc,
                                 dice_decomposition=dice_decomposition, mode=mode, class_weights=class_weights,
                                 ignore_index=ignore_index, eps=eps)
@@ -1308,7 +1430,18 @@ def ce_dice_pixel_loss(
 
 @register_loss("ce_dice_pixel")
 class CEDicePixelLoss(Loss):
-    """Module form of :func:`ce_dice_pixel_loss`, with :meth:`per_pixel_parts` for the envelope."""
+    """Module form of :func:`ce_dice_pixel_loss`, with :meth:`per_pixel_parts` for the envelope.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> loss = CEDicePixelLoss(lambda_ce=0.3, lambda_dc=0.7)
+        >>> loss(logits, labels).shape, loss.per_pixel(logits, labels).shape
+        (torch.Size([]), torch.Size([2, 8, 8]))
+        >>> parts = loss.per_pixel_parts(logits, labels)
+        >>> torch.allclose(parts["ce"] + parts["dice"], loss.per_pixel(logits, labels))
+        True
+    """
 
     has_per_pixel = True
     function = staticmethod(ce_dice_pixel_loss)

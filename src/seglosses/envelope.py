@@ -497,7 +497,15 @@ def _round_half_up(x: float) -> int:
 
 
 class EnvelopeSelection(NamedTuple):
-    """The image-level box at one epoch: ``selective`` is False when every image weighs 1 (ERM)."""
+    """The image-level box at one epoch: ``selective`` is False when every image weighs 1 (ERM).
+
+    Example:
+        >>> criterion = TopKBottomSigma("cross_entropy", 100, image_strategy="atk", smoothing="none")
+        >>> criterion.selection(1)  # epoch 1 is ERM
+        EnvelopeSelection(selective=False, k=100.0, i0=0.0, alpha=inf)
+        >>> criterion.selection(2)  # then the hardest 10% (ranks 90 to 99), with a hard box
+        EnvelopeSelection(selective=True, k=10.0, i0=90.0, alpha=inf)
+    """
 
     selective: bool
     k: float
@@ -636,6 +644,19 @@ class EnvelopeDiagnostics:
         zero_weight_fraction: 0-dim tensor, fraction of batch images with :math:`w_i<10^{-8}`.
         warmup: True while the ledger is still filling (weights are 1).
         epoch: the effective epoch the schedules saw (None without an epoch).
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> criterion = TopKBottomSigma.from_preset("erm", "cross_entropy", num_images=2)
+        >>> loss = criterion(logits, labels, indices=torch.tensor([0, 1]), epoch=1)
+        >>> diagnostics = criterion.diagnostics
+        >>> diagnostics.weights, diagnostics.kept_fraction, diagnostics.K
+        (tensor([1., 1.], dtype=torch.float64), tensor([1., 1.]), 2.0)
+        >>> round(diagnostics.image_losses.mean().item(), 4) == round(loss.item(), 4)
+        True
+        >>> diagnostics.as_dict()["weights"]
+        [1.0, 1.0]
     """
 
     weights: Tensor

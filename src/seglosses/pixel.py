@@ -42,6 +42,19 @@ def pixel_cross_entropy(prepared: Prepared, class_weights: Tensor | None = None)
 
     Returns:
         ``(values, pixel_weights)``: (B, *S) tensors, ``pixel_weights`` None when uniform.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> values, pixel_weights = pixel_cross_entropy(prepare(logits, labels))
+        >>> values.shape, pixel_weights is None
+        (torch.Size([2, 8, 8]), True)
+        >>> torch.allclose(values, F.cross_entropy(logits, labels, reduction="none"))
+        True
+        >>> class_weights = torch.tensor([1.0, 2.0, 3.0])
+        >>> _, pixel_weights = pixel_cross_entropy(prepare(logits, labels), class_weights)
+        >>> torch.equal(pixel_weights, class_weights[labels])
+        True
     """
     if prepared.mode == "multiclass":
         if prepared.labels is not None:  # PyTorch's fused kernel: w_y * CE, without a one-hot target
@@ -100,6 +113,16 @@ def cross_entropy_per_pixel(
 
     With class weights each pixel carries :math:`w_{y_n} (-\log p_{n,y_n}) \cdot P_i / \sum_n w_{y_n}`,
     so that its mean over the image's counted pixels is the weighted mean.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> per_pixel = cross_entropy_per_pixel(logits, labels, class_weights=[1.0, 2.0, 3.0])
+        >>> per_pixel.shape
+        torch.Size([2, 8, 8])
+        >>> torch.allclose(per_pixel.mean(dim=(1, 2)),
+        ...                cross_entropy(logits, labels, class_weights=[1.0, 2.0, 3.0], reduction="none"))
+        True
     """
     prepared = prepare(logits, target, mode=mode, ignore_index=ignore_index)
     return _cross_entropy_map(prepared, class_weights)
@@ -156,7 +179,17 @@ def cross_entropy(
 
 @register_loss("cross_entropy")
 class CrossEntropyLoss(Loss):
-    """Module form of :func:`cross_entropy` (weighted cross-entropy)."""
+    """Module form of :func:`cross_entropy` (weighted cross-entropy).
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> loss = CrossEntropyLoss(class_weights=[1.0, 2.0, 3.0])
+        >>> loss(logits, labels).shape, loss.per_image(logits, labels).shape
+        (torch.Size([]), torch.Size([2]))
+        >>> torch.allclose(loss(logits, labels), cross_entropy(logits, labels, class_weights=[1.0, 2.0, 3.0]))
+        True
+    """
 
     has_per_pixel = True
     function = staticmethod(cross_entropy)
@@ -221,7 +254,17 @@ def topk_cross_entropy_per_pixel(
     class_weights: Sequence[float] | Tensor | None = None,
     ignore_index: int | None = None,
 ) -> Tensor:
-    """Per-pixel terms of :func:`topk_cross_entropy`, (B, *S): zero outside the kept pixels."""
+    """Per-pixel terms of :func:`topk_cross_entropy`, (B, *S): zero outside the kept pixels.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> per_pixel = topk_cross_entropy_per_pixel(logits, labels, k=0.25)
+        >>> int((per_pixel > 0).sum())  # the hardest 25% of the batch's 128 pixels
+        32
+        >>> torch.allclose(per_pixel.mean(dim=(1, 2)), topk_cross_entropy(logits, labels, k=0.25, reduction="none"))
+        True
+    """
     prepared = prepare(logits, target, mode=mode, ignore_index=ignore_index)
     return _topk_map(prepared, k, batch, class_weights)
 
@@ -280,7 +323,17 @@ def topk_cross_entropy(
 
 @register_loss("topk_ce")
 class TopKCrossEntropyLoss(Loss):
-    """Module form of :func:`topk_cross_entropy`."""
+    """Module form of :func:`topk_cross_entropy`.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> loss = TopKCrossEntropyLoss(k=0.25)
+        >>> loss(logits, labels).shape, loss.per_pixel(logits, labels).shape
+        (torch.Size([]), torch.Size([2, 8, 8]))
+        >>> torch.allclose(loss(logits, labels), topk_cross_entropy(logits, labels, k=0.25))
+        True
+    """
 
     has_per_pixel = True
     function = staticmethod(topk_cross_entropy)
@@ -355,7 +408,17 @@ def focal_loss_per_pixel(
     mode: str | None = None,
     ignore_index: int | None = None,
 ) -> Tensor:
-    """Per-pixel focal loss, (B, *S); see :func:`focal_loss`."""
+    """Per-pixel focal loss, (B, *S); see :func:`focal_loss`.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> per_pixel = focal_loss_per_pixel(logits, labels, gamma=2.0)
+        >>> per_pixel.shape
+        torch.Size([2, 8, 8])
+        >>> torch.allclose(per_pixel.mean(dim=(1, 2)), focal_loss(logits, labels, gamma=2.0, reduction="none"))
+        True
+    """
     prepared = prepare(logits, target, mode=mode, ignore_index=ignore_index)
     return _focal_map(prepared, gamma, alpha)
 
@@ -407,7 +470,17 @@ def focal_loss(
 
 @register_loss("focal")
 class FocalLoss(Loss):
-    """Module form of :func:`focal_loss`."""
+    """Module form of :func:`focal_loss`.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> loss = FocalLoss(gamma=2.0, alpha=0.25)
+        >>> loss(logits, labels).shape, loss.per_image(logits, labels).shape
+        (torch.Size([]), torch.Size([2]))
+        >>> torch.allclose(loss(logits, labels), focal_loss(logits, labels, gamma=2.0, alpha=0.25))
+        True
+    """
 
     has_per_pixel = True
     function = staticmethod(focal_loss)

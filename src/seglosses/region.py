@@ -72,7 +72,15 @@ def class_average_weights(
     prepared: Prepared, include_background: bool = True, class_weights: Sequence[float] | Tensor | None = None
 ) -> Tensor:
     """Weights (C,) that average per-class losses: ``class_weights`` (or ones), channel 0 dropped
-    when ``include_background`` is False, normalised to sum to one."""
+    when ``include_background`` is False, normalised to sum to one.
+
+    Example:
+        >>> prepared = prepare(torch.zeros(1, 3, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long))
+        >>> class_average_weights(prepared, include_background=False)
+        tensor([0.0000, 0.5000, 0.5000])
+        >>> class_average_weights(prepared, class_weights=[1.0, 1.0, 2.0])
+        tensor([0.2500, 0.2500, 0.5000])
+    """
     check_type("include_background", include_background, bool)
     num_classes = prepared.num_classes
     weights = check_class_weights("class_weights", class_weights, num_classes, prepared.logits)
@@ -95,7 +103,13 @@ def _denominator(denominator: Tensor, batch: bool, eps: float) -> tuple[Tensor, 
 
 def ratio_per_image(excess: Tensor, denominator: Tensor, weights: Tensor, *, batch: bool, eps: float) -> Tensor:
     """(B,) losses :math:`\\sum_c a_c E_c / (Q_c + \\varepsilon)` from the (B, C) per-image error sums
-    :math:`E = \\sum_j e_{cj}` and denominators :math:`Q` (both pooled over the batch when ``batch``)."""
+    :math:`E = \\sum_j e_{cj}` and denominators :math:`Q` (both pooled over the batch when ``batch``).
+
+    Example:
+        >>> excess, denominator = torch.tensor([[1.0, 2.0]]), torch.tensor([[4.0, 4.0]])  # one image, two classes
+        >>> ratio_per_image(excess, denominator, torch.tensor([0.5, 0.5]), batch=False, eps=1e-5)
+        tensor([0.3750])
+    """
     denominator, share = _denominator(denominator, batch, eps)
     return share * (weights * excess / denominator).sum(dim=1)
 
@@ -103,7 +117,20 @@ def ratio_per_image(excess: Tensor, denominator: Tensor, weights: Tensor, *, bat
 def ratio_per_pixel(
     errors: Tensor, denominator: Tensor, weights: Tensor, prepared: Prepared, *, batch: bool, eps: float
 ) -> Tensor:
-    """(B, *S) per-pixel terms whose mean over each image's counted pixels is :func:`ratio_per_image`."""
+    """(B, *S) per-pixel terms whose mean over each image's counted pixels is :func:`ratio_per_image`.
+
+    Example:
+        >>> prepared = prepare(torch.zeros(1, 2, 2, 2), torch.tensor([[[0, 1], [1, 1]]]))
+        >>> probs, target = prepared.probs(), prepared.target
+        >>> errors, denominator = (probs - target) ** 2, (probs**2 + target).sum(dim=(2, 3))  # squared Dice
+        >>> weights = torch.tensor([0.5, 0.5])
+        >>> per_pixel = ratio_per_pixel(errors, denominator, weights, prepared, batch=False, eps=1e-5)
+        >>> per_pixel.shape
+        torch.Size([1, 2, 2])
+        >>> per_image = ratio_per_image(errors.sum(dim=(2, 3)), denominator, weights, batch=False, eps=1e-5)
+        >>> torch.allclose(per_pixel.mean(dim=(1, 2)), per_image)
+        True
+    """
     denominator, share = _denominator(denominator, batch, eps)
     coefficients = share * weights / denominator
     spatial = [1] * (errors.ndim - 2)
@@ -255,6 +282,15 @@ def dice_loss_per_pixel(
 
     Non-negative, zero on a perfectly predicted pixel; its mean over an image's counted pixels is
     the image's Dice loss (SPEC A.2).
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> per_pixel = dice_loss_per_pixel(logits, labels)
+        >>> per_pixel.shape, bool((per_pixel >= 0).all())
+        (torch.Size([2, 8, 8]), True)
+        >>> torch.allclose(per_pixel.mean(dim=(1, 2)), dice_loss(logits, labels, reduction="none"))
+        True
     """
     check_type("batch", batch, bool)
     prepared, eps, weights, errors, denominator = _dice_setup(
@@ -265,7 +301,17 @@ def dice_loss_per_pixel(
 
 @register_loss("dice")
 class DiceLoss(Loss):
-    """Module form of :func:`dice_loss`."""
+    """Module form of :func:`dice_loss`.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> loss = DiceLoss(squared=False)
+        >>> loss(logits, labels).shape, loss.per_image(logits, labels).shape
+        (torch.Size([]), torch.Size([2]))
+        >>> torch.allclose(loss(logits, labels), dice_loss(logits, labels, squared=False))
+        True
+    """
 
     has_per_pixel = True
     function = staticmethod(dice_loss)
@@ -354,7 +400,17 @@ def log_cosh_dice_loss(
 
 @register_loss("log_cosh_dice")
 class LogCoshDiceLoss(Loss):
-    """Module form of :func:`log_cosh_dice_loss`."""
+    """Module form of :func:`log_cosh_dice_loss`.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> loss = LogCoshDiceLoss()
+        >>> loss(logits, labels).shape, loss.per_image(logits, labels).shape, loss.has_per_pixel
+        (torch.Size([]), torch.Size([2]), False)
+        >>> torch.allclose(loss(logits, labels), log_cosh_dice_loss(logits, labels))
+        True
+    """
 
     function = staticmethod(log_cosh_dice_loss)
 
@@ -508,6 +564,15 @@ def generalized_dice_loss_per_pixel(
 
     .. math::
         d_{ij} = P_i\,\frac{\sum_c w_c\,(p_{cj}+t_{cj}-2p_{cj}t_{cj})}{\sum_c w_c \sum_n (p_{nc}+t_{nc})+\varepsilon}
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> per_pixel = generalized_dice_loss_per_pixel(logits, labels)
+        >>> per_pixel.shape
+        torch.Size([2, 8, 8])
+        >>> torch.allclose(per_pixel.mean(dim=(1, 2)), generalized_dice_loss(logits, labels, reduction="none"))
+        True
     """
     prepared, eps, errors, denominator = _generalized_dice_setup(
         logits, target, w_type, batch, mode, include_background, ignore_index, eps, per_pixel=True
@@ -517,7 +582,17 @@ def generalized_dice_loss_per_pixel(
 
 @register_loss("generalized_dice")
 class GeneralizedDiceLoss(Loss):
-    """Module form of :func:`generalized_dice_loss`."""
+    """Module form of :func:`generalized_dice_loss`.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> loss = GeneralizedDiceLoss(w_type="simple")
+        >>> loss(logits, labels).shape, loss.per_pixel(logits, labels).shape
+        (torch.Size([]), torch.Size([2, 8, 8]))
+        >>> torch.allclose(loss(logits, labels), generalized_dice_loss(logits, labels, w_type="simple"))
+        True
+    """
 
     has_per_pixel = True
     function = staticmethod(generalized_dice_loss)
@@ -629,6 +704,15 @@ def jaccard_loss_per_pixel(
 
     .. math::
         d_{ij} = P_i \sum_c a_c\,\frac{p_{cj}+t_{cj}-2p_{cj}t_{cj}}{\sum_n (p_{nc}+t_{nc}-p_{nc}t_{nc})+\varepsilon}
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> per_pixel = jaccard_loss_per_pixel(logits, labels)
+        >>> per_pixel.shape
+        torch.Size([2, 8, 8])
+        >>> torch.allclose(per_pixel.mean(dim=(1, 2)), jaccard_loss(logits, labels, reduction="none"))
+        True
     """
     prepared, eps, weights, errors, union = _jaccard_setup(
         logits, target, batch, mode, ignore_index, include_background, class_weights, eps, per_pixel=True
@@ -638,7 +722,17 @@ def jaccard_loss_per_pixel(
 
 @register_loss("iou")
 class JaccardLoss(Loss):
-    """Module form of :func:`jaccard_loss` (the soft IoU loss)."""
+    """Module form of :func:`jaccard_loss` (the soft IoU loss).
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> loss = JaccardLoss()
+        >>> loss(logits, labels).shape, loss.per_image(logits, labels).shape
+        (torch.Size([]), torch.Size([2]))
+        >>> torch.allclose(loss(logits, labels), jaccard_loss(logits, labels))
+        True
+    """
 
     has_per_pixel = True
     function = staticmethod(jaccard_loss)
@@ -798,7 +892,17 @@ def lovasz_loss(
 
 @register_loss("lovasz")
 class LovaszLoss(Loss):
-    """Module form of :func:`lovasz_loss` (Lovasz-softmax, or the Lovasz hinge in sigmoid modes)."""
+    """Module form of :func:`lovasz_loss` (Lovasz-softmax, or the Lovasz hinge in sigmoid modes).
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> loss = LovaszLoss(classes="all")
+        >>> loss(logits, labels).shape, loss.per_image(logits, labels).shape, loss.has_per_pixel
+        (torch.Size([]), torch.Size([2]), False)
+        >>> torch.allclose(loss(logits, labels), lovasz_loss(logits, labels, classes="all"))
+        True
+    """
 
     function = staticmethod(lovasz_loss)
 
@@ -932,6 +1036,16 @@ def tversky_loss_per_pixel(
     .. math::
         d_{ij} = P_i \sum_c a_c\,\frac{\beta_{FP}\,p_{cj}(1-t_{cj})+\beta_{FN}\,(1-p_{cj})t_{cj}}
                  {TP_c+\beta_{FP}\,FP_c+\beta_{FN}\,FN_c+\varepsilon}
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> per_pixel = tversky_loss_per_pixel(logits, labels, fp_weight=0.3, fn_weight=0.7)
+        >>> per_pixel.shape
+        torch.Size([2, 8, 8])
+        >>> torch.allclose(per_pixel.mean(dim=(1, 2)),
+        ...                tversky_loss(logits, labels, fp_weight=0.3, fn_weight=0.7, reduction="none"))
+        True
     """
     prepared, eps, weights, errors, denominator = _tversky_setup(
         logits, target, fp_weight, fn_weight, batch, mode, ignore_index, include_background, class_weights, eps,
@@ -942,7 +1056,17 @@ def tversky_loss_per_pixel(
 
 @register_loss("tversky")
 class TverskyLoss(Loss):
-    """Module form of :func:`tversky_loss`."""
+    """Module form of :func:`tversky_loss`.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> loss = TverskyLoss(fp_weight=0.3, fn_weight=0.7)
+        >>> loss(logits, labels).shape, loss.per_pixel(logits, labels).shape
+        (torch.Size([]), torch.Size([2, 8, 8]))
+        >>> torch.allclose(loss(logits, labels), tversky_loss(logits, labels, fp_weight=0.3, fn_weight=0.7))
+        True
+    """
 
     has_per_pixel = True
     function = staticmethod(tversky_loss)
@@ -1044,7 +1168,17 @@ def focal_tversky_loss(
 
 @register_loss("focal_tversky")
 class FocalTverskyLoss(Loss):
-    """Module form of :func:`focal_tversky_loss`."""
+    """Module form of :func:`focal_tversky_loss`.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> loss = FocalTverskyLoss(gamma=4 / 3)
+        >>> loss(logits, labels).shape, loss.per_image(logits, labels).shape, loss.has_per_pixel
+        (torch.Size([]), torch.Size([2]), False)
+        >>> torch.allclose(loss(logits, labels), focal_tversky_loss(logits, labels, gamma=4 / 3))
+        True
+    """
 
     function = staticmethod(focal_tversky_loss)
 
@@ -1172,6 +1306,15 @@ def sensitivity_specificity_loss_per_pixel(
     .. math::
         d_{ij} = P_i \sum_c a_c (t_{cj}-p_{cj})^2\left(\frac{w\,t_{cj}}{\sum_n t_{nc}+\varepsilon}
                  +\frac{(1-w)(1-t_{cj})}{\sum_n (1-t_{nc})+\varepsilon}\right)
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> per_pixel = sensitivity_specificity_loss_per_pixel(logits, labels)
+        >>> per_pixel.shape
+        torch.Size([2, 8, 8])
+        >>> torch.allclose(per_pixel.mean(dim=(1, 2)), sensitivity_specificity_loss(logits, labels, reduction="none"))
+        True
     """
     prepared, eps, terms = _sensitivity_specificity_setup(
         logits, target, sensitivity_weight, batch, mode, ignore_index, include_background, class_weights, eps
@@ -1181,7 +1324,17 @@ def sensitivity_specificity_loss_per_pixel(
 
 @register_loss("sensitivity_specificity")
 class SensitivitySpecificityLoss(Loss):
-    """Module form of :func:`sensitivity_specificity_loss`."""
+    """Module form of :func:`sensitivity_specificity_loss`.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> loss = SensitivitySpecificityLoss(sensitivity_weight=0.1)
+        >>> loss(logits, labels).shape, loss.per_pixel(logits, labels).shape
+        (torch.Size([]), torch.Size([2, 8, 8]))
+        >>> torch.allclose(loss(logits, labels), sensitivity_specificity_loss(logits, labels, sensitivity_weight=0.1))
+        True
+    """
 
     has_per_pixel = True
     function = staticmethod(sensitivity_specificity_loss)
@@ -1282,7 +1435,17 @@ def mcc_loss(
 
 @register_loss("mcc")
 class MCCLoss(Loss):
-    """Module form of :func:`mcc_loss`."""
+    """Module form of :func:`mcc_loss`.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> loss = MCCLoss()
+        >>> loss(logits, labels).shape, loss.per_image(logits, labels).shape, loss.has_per_pixel
+        (torch.Size([]), torch.Size([2]), False)
+        >>> torch.allclose(loss(logits, labels), mcc_loss(logits, labels))
+        True
+    """
 
     function = staticmethod(mcc_loss)
 

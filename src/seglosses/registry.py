@@ -18,7 +18,17 @@ _REGISTRY: dict[str, type] = {}
 
 
 def register_loss(name: str) -> Callable[[LossType], LossType]:
-    """Class decorator registering a loss module under ``name``."""
+    """Class decorator registering a loss module under ``name``.
+
+    Example:
+        >>> from seglosses import DiceLoss
+        >>> @register_loss("my_dice")
+        ... class MyDiceLoss(DiceLoss):
+        ...     pass
+        >>> list_losses("my_*"), type(create_loss("my_dice")).__name__, MyDiceLoss.registry_name
+        (['my_dice'], 'MyDiceLoss', 'my_dice')
+        >>> _ = _REGISTRY.pop("my_dice")  # leave the registry as it was
+    """
 
     def decorate(cls: LossType) -> LossType:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
@@ -50,7 +60,16 @@ def list_losses(pattern: str | None = None) -> list[str]:
 
 
 def loss_class(name: str) -> type:
-    """The module class registered under ``name``; unknown names suggest the closest ones."""
+    """The module class registered under ``name``; unknown names suggest the closest ones.
+
+    Example:
+        >>> loss_class("dice")
+        <class 'seglosses.region.DiceLoss'>
+        >>> loss_class("dise")
+        Traceback (most recent call last):
+            ...
+        ValueError: Expected `name` to be a registered loss, but got 'dise'. Did you mean [...]? See list_losses().
+    """
     check_type("name", name, str)
     registry = _loaded()
     if name not in registry:

@@ -62,7 +62,21 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ConfusionCounts:
-    """True/false positives/negatives per (unit, class), each an (N, C) int64 tensor."""
+    """True/false positives/negatives per (unit, class), each an (N, C) int64 tensor.
+
+    Example:
+        >>> pred = torch.tensor([[[0, 1], [1, 1]], [[0, 0], [0, 0]]])
+        >>> target = torch.tensor([[[0, 1], [0, 1]], [[0, 0], [0, 1]]])
+        >>> counts = confusion_counts(pred, target, num_classes=2)  # two 2x2 images, two classes
+        >>> counts.tp, counts.num_pixels
+        (tensor([[1, 2],
+                [3, 0]]), tensor([4, 4]))
+        >>> counts.pred_empty  # class 1 is not predicted in the second image
+        tensor([[False, False],
+                [False,  True]])
+        >>> counts.pooled().tp
+        tensor([[4, 2]])
+    """
 
     tp: Tensor
     fp: Tensor

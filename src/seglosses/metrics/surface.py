@@ -83,6 +83,13 @@ class SurfaceMetric:
         percentile: for "hausdorff": None for the maximum, else q in [0, 100].
         mode: "pooled" or "max" for a Hausdorff percentile; "pooled" or "mean" for ASSD.
         tolerance: for "nsd": tau per class, length num_classes, in spacing units.
+
+    Example:
+        >>> forward, backward = np.array([0.0, 1.0, 2.0]), np.array([1.0])  # the two directed distance sets
+        >>> round(SurfaceMetric("hausdorff", percentile=95.0).summarise(forward, backward, 0), 4)
+        1.85
+        >>> float(SurfaceMetric("assd").summarise(forward, backward, 0))
+        1.0
     """
 
     kind: str
@@ -126,6 +133,15 @@ class SurfaceValues:
         pred_empty: (B, C') bool, the class is absent from the prediction.
         target_empty: (B, C') bool, the class is absent from the target.
         diagonal: (B,) float64 image diagonal in spacing units (for ``empty_hd="diag"``).
+
+    Example:
+        >>> pred = torch.zeros(1, 5, 5, dtype=torch.long); pred[0, 1:3, 1:3] = 1
+        >>> target = torch.zeros(1, 5, 5, dtype=torch.long); target[0, 1:4, 1:4] = 1
+        >>> raw = surface_values(pred, target, 2, {"hd": SurfaceMetric("hausdorff"), "assd": SurfaceMetric("assd")})
+        >>> sorted(raw.values), raw.values["hd"].shape, raw.pred_empty
+        (['assd', 'hd'], torch.Size([1, 1]), tensor([[False]]))
+        >>> raw.diagonal  # sqrt(5 ** 2 + 5 ** 2) voxels
+        tensor([7.0711], dtype=torch.float64)
     """
 
     values: dict[str, Tensor]

@@ -75,7 +75,16 @@ def stack_slices(
 
 @dataclass(frozen=True)
 class Volume:
-    """One stacked case: (D, H, W) prediction and target, and its spacing (or None)."""
+    """One stacked case: (D, H, W) prediction and target, and its spacing (or None).
+
+    Example:
+        >>> collector = SliceCollector()
+        >>> labels = torch.ones(2, 3, 3, dtype=torch.long)
+        >>> collector.add(labels, labels, case_ids=["p1", "p1"], spacing=(2.5, 1.0, 1.0))
+        >>> volume = collector.pop_volumes()[0]
+        >>> volume.case_id, tuple(volume.pred.shape), volume.spacing
+        ('p1', (2, 3, 3), (2.5, 1.0, 1.0))
+    """
 
     case_id: Hashable
     pred: Tensor
