@@ -212,9 +212,11 @@ def benchmark_shape(
             for function, target in contenders:
                 time_step(function, logits, target, device)
         timings: list[list[float]] = [[] for _ in contenders]
-        for _ in range(repeats):  # interleaved: ours, ours unchecked, peer, ours, ...
-            for times, (function, target) in zip(timings, contenders, strict=True):
-                times.append(time_step(function, logits, target, device))
+        for repeat in range(repeats):  # interleaved, the order rotating so that no contender always goes first
+            for position in range(len(contenders)):
+                index = (position + repeat) % len(contenders)
+                function, target = contenders[index]
+                timings[index].append(time_step(function, logits, target, device))
         medians = [statistics.median(times) for times in timings]
         row = Row(name, list(shape), medians[0], value_of(ours, logits, labels), medians[1])
         if peer is not None:
