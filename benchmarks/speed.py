@@ -169,6 +169,8 @@ class Row:
     relation: str | None = None
     paired_ratio: float | None = None
     paired_unchecked_ratio: float | None = None
+    # peer's fastest repeat / ours' fastest: on a shared machine the minimum is the least disturbed run
+    best_ratio: float | None = None
 
     @property
     def ratio(self) -> float | None:
@@ -225,24 +227,26 @@ def benchmark_shape(
             row.peer_value = value_of(peer_function, logits, peer_target)
             row.paired_ratio = paired_ratio(timings[2], timings[0])
             row.paired_unchecked_ratio = paired_ratio(timings[2], timings[1])
+            row.best_ratio = min(timings[2]) / min(timings[0])
         rows.append(row)
         print(format_row(row), flush=True)
     return rows
 
 
 TABLE_HEADER = [
-    "| loss | shape | ours ms | peer | peer ms | ratio (peer/ours) | ours ms, value checks off | ratio, checks off |",
-    "|---|---|---:|---|---:|---:|---:|---:|",
+    "| loss | shape | ours ms | peer | peer ms | ratio (peer/ours) | ratio of fastest runs "
+    "| ours ms, value checks off | ratio, checks off |",
+    "|---|---|---:|---|---:|---:|---:|---:|---:|",
 ]
 
 
 def format_row(row: Row) -> str:
     shape = "x".join(map(str, row.shape))
     if row.peer is None:
-        return f"| {row.loss} | {shape} | {row.ours_ms:.1f} | — | — | — | {row.ours_unchecked_ms:.1f} | — |"
+        return f"| {row.loss} | {shape} | {row.ours_ms:.1f} | — | — | — | — | {row.ours_unchecked_ms:.1f} | — |"
     return (
         f"| {row.loss} | {shape} | {row.ours_ms:.1f} | {row.peer} | {row.peer_ms:.1f} | {row.ratio:.2f} "
-        f"| {row.ours_unchecked_ms:.1f} | {row.unchecked_ratio:.2f} |"
+        f"| {row.best_ratio:.2f} | {row.ours_unchecked_ms:.1f} | {row.unchecked_ratio:.2f} |"
     )
 
 
