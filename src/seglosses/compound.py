@@ -172,6 +172,8 @@ class _NamedSum(Weighted):
         self.options = options
 
     def per_image(self, logits: Tensor, target: Tensor) -> Tensor:
+        if self.function is not None:  # a fused function prepares the inputs once for all terms
+            return Loss.per_image(self, logits, target)
         self.check_mode(logits)
         return super().per_image(logits, target)
 
@@ -348,6 +350,7 @@ class DiceCELoss(_NamedSum):
 
     modes = MODES
     has_per_pixel = True
+    function = staticmethod(dice_ce_loss)
 
     def __init__(
         self,
@@ -379,10 +382,6 @@ class DiceCELoss(_NamedSum):
             ignore_index=ignore_index,
             eps=eps,
         )
-
-    def per_image(self, logits: Tensor, target: Tensor) -> Tensor:
-        self.check_mode(logits)  # one prepared input for both terms, rather than the generic sum
-        return dice_ce_loss(logits, target, **self.options, reduction="none")
 
 
 # --------------------------------------------------------------------------- Dice + focal
@@ -493,6 +492,7 @@ class DiceFocalLoss(_NamedSum):
 
     modes = MODES
     has_per_pixel = True
+    function = staticmethod(dice_focal_loss)
 
     def __init__(
         self,
@@ -526,10 +526,6 @@ class DiceFocalLoss(_NamedSum):
             ignore_index=ignore_index,
             eps=eps,
         )
-
-    def per_image(self, logits: Tensor, target: Tensor) -> Tensor:
-        self.check_mode(logits)  # one prepared input for both terms, rather than the generic sum
-        return dice_focal_loss(logits, target, **self.options, reduction="none")
 
 
 # --------------------------------------------------------------------------- Combo
