@@ -37,6 +37,8 @@ from seglosses.lab.models import ModelConfig, check_model_name
 from seglosses.registry import loss_class
 
 __all__ = [
+    "ABSENT",
+    "RESUMABLE_CHANGES",
     "AugmentConfig",
     "EnvelopeSettings",
     "LossConfig",
@@ -404,7 +406,7 @@ def apply_overrides(config: RunConfig, overrides: Sequence[str]) -> RunConfig:
 
 
 def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(values, Mapping) and values:
+    if isinstance(values, Mapping) and (values or prefix.endswith(".options")):  # empty options: no keys
         flat: dict[str, Any] = {}
         for key, value in values.items():
             flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
@@ -413,17 +415,21 @@ def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_diff(first: RunConfig | Mapping[str, Any], second: RunConfig | Mapping[str, Any]) -> dict[str, tuple]:
-    """The dotted keys whose values differ, each with (first value, second value).
+    """The dotted keys whose values differ, each with (first value, second value); a key one side
+    lacks shows as :data:`ABSENT`.
 
     Example:
         >>> config_diff(RunConfig(), apply_overrides(RunConfig(), ["train.epochs=5"]))
         {'train.epochs': (50, 5)}
     """
     flat_first, flat_second = _flatten(config_to_dict(first)), _flatten(config_to_dict(second))
-    missing = object()
-    keys = list(dict.fromkeys([*flat_first, *flat_second]))
-    return {key: (flat_first.get(key), flat_second.get(key)) for key in keys
-            if flat_first.get(key, missing) != flat_second.get(key, missing)}
+    keys = sorted({*flat_first, *flat_second})
+    return {key: (flat_first.get(key, ABSENT), flat_second.get(key, ABSENT)) for key in keys
+            if flat_first.get(key, ABSENT) != flat_second.get(key, ABSENT)}
+
+
+ABSENT = "<absent>"
+"""How :func:`config_diff` shows a key that one side lacks."""
 
 
 def _check_positive(key: str, value: float, source: str | None, *, allow_zero: bool = False) -> None:

@@ -15,6 +15,7 @@ returns the main head's logits alone. Other networks refuse deep supervision wit
 from __future__ import annotations
 
 import difflib
+import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -161,6 +162,7 @@ def build_model(
         such tensors in training mode with deep supervision).
 
     Example:
+        >>> import torch
         >>> model = build_model(ModelConfig("basic_unet", {"features": [4, 4, 8, 8, 16, 4]}),
         ...                     spatial_dims=2, in_channels=1, out_channels=3)
         >>> tuple(model(torch.zeros(1, 1, 32, 32)).shape)
@@ -183,8 +185,16 @@ def build_model(
     options = {**defaults, **config.options, **sizes}
     if config.name == "swin_unetr" and image_size is not None and any(size % 32 for size in image_size):
         fail("data.image_size", "multiples of 32 for swin_unetr (five downsamplings by 2)", tuple(image_size))
+    if config.name == "swin_unetr" and importlib.util.find_spec("einops") is None:
+        fail("model.name", "a network whose dependencies are installed (MONAI's SwinUNETR needs the einops "
+             "package: pip install einops)", "'swin_unetr'", ImportError)
     if config.name == "dynunet" and deep_supervision:
-        options = {**options, "deep_supervision": True, "deep_supr_num": options.get("deep_supr_num", 2)}
+        upsamplings = len(options["strides"]) - 1
+        heads = options.get("deep_supr_num", min(2, upsamplings - 1))
+        if not 1 <= heads < upsamplings:
+            fail("model.options.deep_supr_num", f"in [1, {upsamplings - 1}] (fewer than the {upsamplings} "
+                 "upsamplings of this DynUNet)", heads)
+        options = {**options, "deep_supervision": True, "deep_supr_num": heads}
     try:
         network = network_class(**options)
     except TypeError as error:  # an unknown or missing constructor option: name the network and the key

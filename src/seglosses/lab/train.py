@@ -75,6 +75,7 @@ __all__ = [
 
 LOG_COLUMNS = ("epoch", "lr", "train_loss", "train_loss_unscaled", "val_dice", "val_hd95", "time_s", "images_per_s")
 TEST_METRICS = ("dice", "iou", "precision", "recall", "hd95", "assd", "nsd")
+RUN_FILES = ("last.pt", "best.pt", "log.csv", "results.json", "per_image.csv")
 SAMPLE_KEYS = ("image", "mask", "clean_mask", "index", "case_id", "slice_index")
 
 
@@ -664,6 +665,9 @@ def _train(config: RunConfig, out_dir: Path, splits: Any, resume: bool | str | P
         raise FileExistsError(f"Expected `train.out_dir` to hold no run, but got {str(out_dir)!r} with a "
                               f"last.pt: pass resume=True to continue it or overwrite=True to start afresh.")
     if main_process:
+        if overwrite and checkpoint is None:  # nothing of the old run may pass for the new one's
+            for stale in [*RUN_FILES, *(out_dir / "envelope").glob("epoch_*.npz")]:
+                (out_dir / stale).unlink(missing_ok=True)
         (out_dir / "envelope").mkdir(parents=True, exist_ok=True)
         save_config(config, out_dir / "config.yaml")
 
