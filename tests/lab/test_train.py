@@ -47,29 +47,21 @@ def tiny_config(out_dir, **sections) -> RunConfig:
     return config_from_dict(values)
 
 
-# A loss that interrupts its own run at a chosen call, as Ctrl-C or SIGTERM would.
+# Interrupt a run at a chosen training step, as Ctrl-C or SIGTERM would (augmentation runs once per step).
 CALLS = {"count": 0, "stop_at": None, "signal": signal.SIGINT}
+augment_once = train_module.augment_batch
 
 
-@seglosses.register_loss("test_interrupting_dice_ce")
-class InterruptingDiceCE(seglosses.DiceCELoss):
-    def _tick(self):
-        CALLS["count"] += 1
-        if CALLS["count"] == CALLS["stop_at"]:
-            signal.raise_signal(CALLS["signal"])
-
-    def forward(self, logits, target):
-        self._tick()
-        return super().forward(logits, target)
-
-    def per_pixel(self, logits, target):
-        self._tick()
-        return super().per_pixel(logits, target)
+def augment_and_interrupt(*args, **kwargs):
+    CALLS["count"] += 1
+    if CALLS["count"] == CALLS["stop_at"]:
+        signal.raise_signal(CALLS["signal"])
+    return augment_once(*args, **kwargs)
 
 
-@seglosses.register_loss("test_binary_only_dice")
-class BinaryOnlyDice(seglosses.DiceLoss):
-    modes = ("binary",)
+@pytest.fixture(autouse=True)
+def interruptible(monkeypatch):
+    monkeypatch.setattr(train_module, "augment_batch", augment_and_interrupt)
 
 
 def run(config, stop_at=None, sig=signal.SIGINT, **kwargs):
@@ -126,8 +118,7 @@ def test_a_run_writes_its_folder(tmp_path):
 @pytest.mark.parametrize(("envelope", "sig"), [(None, signal.SIGINT), ({"preset": "paper_best"}, signal.SIGTERM)])
 def test_an_interrupted_run_resumes_bit_identically(tmp_path, envelope, sig):
     def config(name):
-        return tiny_config(tmp_path / name, envelope=envelope, loss={"name": "test_interrupting_dice_ce"},
-                           train={"epochs": 3, "val_every": 2})
+        return tiny_config(tmp_path / name, envelope=envelope, train={"epochs": 3, "val_every": 2})
 
     reference = run(config("reference"))
     # 8 images in batches of 3: 3 steps per epoch; stop during epoch 2 (after its 2nd step).
@@ -187,12 +178,14 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path,
     assert run(config, resume=True).epochs_completed == 2  # and it resumes
 
 
-def test_losses_that_cannot_serve_the_data_are_refused():
+def test_losses_that_cannot_serve_the_data_are_refused(monkeypatch):
+    monkeypatch.setattr(seglosses.TverskyLoss, "modes", ("binary",))  # a binary-only loss
     four_class = RunConfig()
     with pytest.raises(ValueError, match=r"`loss\.name` to be a loss that serves 4-class label maps \(multiclass "
-                                         r"mode\), but got 'test_binary_only_dice', which supports \['binary'\]"):
-        build_criterion(apply_overrides(four_class, ["loss.name=test_binary_only_dice"]), 4, 10)
-    with pytest.raises(ValueError, match=r"4-class label maps.*'dice'.*set to binary"):
+                                         r"mode\), but got 'tversky', which supports \['binary'\]"):
+        build_criterion(apply_overrides(four_class, ["loss.name=tversky"]), 4, 10)
+    with pytest.raises(ValueError, match=r"4-class label maps.*'dice', which supports \['multiclass', 'binary', "
+                                         r"'multilabel'\] and is set to binary"):
         build_criterion(apply_overrides(four_class, ["loss.name=dice", "loss.options.mode=binary"]), 4, 10)
     with pytest.raises(ValueError, match=r"`loss\.options\.mode` to be 'multiclass' or 'binary'.*'multilabel'"):
         build_criterion(apply_overrides(four_class, ["loss.name=dice", "loss.options.mode=multilabel"]), 2, 10)
@@ -201,7 +194,7 @@ def test_losses_that_cannot_serve_the_data_are_refused():
     with pytest.raises(TypeError, match=r"`loss\.options` to be options of 'dice'"):
         build_criterion(apply_overrides(four_class, ["loss.name=dice", "loss.options.sqared=true"]), 2, 10)
     # Two classes: a binary-only loss trains one sigmoid channel, the others two softmax channels.
-    assert build_criterion(apply_overrides(four_class, ["loss.name=test_binary_only_dice"]), 2, 10)[1] == 1
+    assert build_criterion(apply_overrides(four_class, ["loss.name=tversky"]), 2, 10)[1] == 1
     assert build_criterion(apply_overrides(four_class, ["loss.name=exp_log"]), 2, 10)[1] == 2
 
 
@@ -272,3 +265,16 @@ def test_empty_splits_and_bad_samples_are_refused(tmp_path):
     splits.train = [(torch.zeros(1, 32, 32), torch.zeros(32, 32, dtype=torch.long))] * 4
     with pytest.raises(TypeError, match=r"dicts with keys \['image', 'mask'.*but got tuple"):
         train(tiny_config(tmp_path / "b"), splits=splits)
+
+
+def test_an_hc18_subset_trains_end_to_end_with_noise_and_the_envelope(tmp_path, data_dir):
+    config = tiny_config(tmp_path / "run", envelope={"preset": "paper_best_normalized"}, data={
+        "name": "hc18", "root": str(data_dir / "hc18"), "image_size": [64, 64], "max_train": 6, "max_val": 3,
+        "max_test": 3, "noise": {"level": "moderate"}}, train={"epochs": 2, "batch_size": 3})
+    result = train(config)
+    out = tmp_path / "run"
+    for name in ("splits.csv", "noise.csv", "log.csv", "results.json", "per_image.csv", "envelope/epoch_002.npz"):
+        assert (out / name).is_file(), name
+    assert len(result.history) == 2 and result.test["units"] == 3
+    assert list(result.test["per_class"]["dice"]) == ["head"]
+    assert 0.0 <= result.test["mean"]["dice"] <= 1.0
