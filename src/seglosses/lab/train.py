@@ -23,6 +23,7 @@ global ledger; validation and test metrics are gathered across processes; rank 0
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -248,6 +249,23 @@ def _loss_value(criterion: nn.Module, outputs: Tensor | list[Tensor], masks: Ten
         return sum(weight * criterion(head, masks)
                    for weight, head in zip(deep_supervision_weights(len(outputs)), outputs, strict=True))
     return criterion(outputs, masks)
+
+
+def _add_diagnostics(sums: dict[str, Any], diagnostics: Any) -> None:
+    """Add one step's envelope diagnostics to the epoch sums, generically: every number and 0-dim
+    tensor as ``name``, the mean of every per-image tensor as ``name_mean`` (summed on the device,
+    so logging costs no host sync)."""
+    for item in dataclasses.fields(diagnostics):
+        value = getattr(diagnostics, item.name)
+        if isinstance(value, Tensor):
+            key = item.name if value.ndim == 0 else f"{item.name}_mean"
+            value = value.detach().double().mean() if value.numel() else torch.tensor(math.nan, dtype=torch.float64)
+        elif isinstance(value, (bool, int, float)):
+            key, value = item.name, float(value)
+        else:
+            continue
+        sums[key] = sums[key] + value if key in sums else value
+    sums["_steps"] = sums.get("_steps", 0) + 1
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -762,12 +780,13 @@ def _train(config: RunConfig, out_dir: Path, splits: Any, resume: bool | str | P
             sums = {"loss": torch.zeros((), dtype=torch.float64, device=device),
                     "unscaled": torch.zeros((), dtype=torch.float64, device=device),
                     "images": torch.zeros((), dtype=torch.float64, device=device)}
-            env_sums: dict[str, float] = {}
+            env_sums: dict[str, Any] = {}
             records: list[Tensor] = []  # (index, weight, rank, kept fraction, image loss) per image
             loop_time = 0.0
             if partial:
                 sums = {key: value.to(device) for key, value in partial["sums"].items()}
-                env_sums, loop_time = dict(partial["env_sums"]), partial["loop_time"]
+                env_sums = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in partial["env_sums"].items()}
+                loop_time = partial["loop_time"]
                 records = [partial["records"].to(device)] if partial["records"].numel() else []
                 partial = {}
             model.train()
@@ -783,8 +802,9 @@ def _train(config: RunConfig, out_dir: Path, splits: Any, resume: bool | str | P
                 images = batch["image"].to(device, non_blocking=True)
                 masks = batch["mask"].to(device, non_blocking=True)
                 indices = batch["index"].to(device, non_blocking=True)
-                draws = _augment_draws(run.seed, epoch, batch["index"].tolist())
-                images, (masks,) = augment_batch(images, [masks], draws, run.augment)
+                if run.augment.enabled:
+                    draws = _augment_draws(run.seed, epoch, batch["index"].tolist())
+                    images, (masks,) = augment_batch(images, [masks], draws, run.augment)
                 with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
                     outputs = model(images)
                     loss = _loss_value(criterion, outputs, masks, indices, epoch)
@@ -801,12 +821,7 @@ def _train(config: RunConfig, out_dir: Path, splits: Any, resume: bool | str | P
                 if envelope is not None:
                     diagnostics = envelope.diagnostics
                     sums["unscaled"] += diagnostics.image_losses.detach().double().sum()
-                    for key, value in diagnostics.as_dict().items():
-                        if isinstance(value, list):
-                            key, value = f"{key}_mean", (sum(value) / len(value) if value else math.nan)
-                        if isinstance(value, (bool, int, float)) and value is not None:
-                            env_sums[key] = env_sums.get(key, 0.0) + float(value)
-                    env_sums["_steps"] = env_sums.get("_steps", 0.0) + 1
+                    _add_diagnostics(env_sums, diagnostics)
                     records.append(torch.stack([indices.double(), diagnostics.weights.to(device).double(),
                                                 diagnostics.ranks.to(device).double(),
                                                 diagnostics.kept_fraction.to(device).double(),
@@ -827,7 +842,8 @@ def _train(config: RunConfig, out_dir: Path, splits: Any, resume: bool | str | P
                     loop_time += time.perf_counter() - loop_start
                     train_time += time.perf_counter() - epoch_start
                     if main_process:
-                        saved = {"sums": {k: v.cpu() for k, v in sums.items()}, "env_sums": env_sums,
+                        saved = {"sums": {k: v.cpu() for k, v in sums.items()},
+                                 "env_sums": {k: v.cpu() if isinstance(v, Tensor) else v for k, v in env_sums.items()},
                                  "loop_time": loop_time,
                                  "records": torch.cat(records).cpu() if records else torch.zeros(0, 5)}
                         save_checkpoint(checkpoint_state(epoch, step, saved), out_dir / "last.pt")
@@ -862,8 +878,8 @@ def _train(config: RunConfig, out_dir: Path, splits: Any, resume: bool | str | P
                                          "val_dice": best_dice, "config": config_to_dict(config),
                                          "data_info": data_info}, out_dir / "best.pt")
             if envelope is not None:
-                steps = env_sums.pop("_steps", 1.0)
-                row.update({f"env_{key}": value / steps for key, value in env_sums.items()})
+                steps = env_sums.pop("_steps", 1)
+                row.update({f"env_{key}": float(value) / steps for key, value in env_sums.items()})
                 box = envelope.selection(epoch)
                 row.update({"env_k": box.k, "env_alpha": box.alpha, "env_n_over_k": num_train / box.k})
                 table = torch.cat(records) if records else torch.zeros(0, 5, dtype=torch.float64, device=device)
