@@ -3,7 +3,7 @@ metrics for medical image segmentation in PyTorch."""
 
 from seglosses import blocks, compound, envelope, metrics, pixel, region
 from seglosses._checks import set_value_checks, value_checks
-from seglosses.base import Loss, Weighted, reduce_images
+from seglosses.base import Loss, reduce_images
 from seglosses.compound import *  # noqa: F403
 from seglosses.envelope import *  # noqa: F403
 from seglosses.pixel import *  # noqa: F403
