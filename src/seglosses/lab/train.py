@@ -428,7 +428,8 @@ def evaluate(
     """Score ``model`` on ``dataset`` with :class:`seglosses.metrics.SegmentationMetrics`.
 
     Under DDP every process scores its share (positions rank, rank + W, ...) and the metrics are
-    gathered. Samples with a ``spacing`` entry are scored in its units, others in pixels.
+    gathered. Samples with a ``spacing`` entry are scored in its units (mm), others in pixels
+    (volumes stacked from slices need a 3-value spacing, slice distance first).
 
     Returns:
         (the metrics' ``compute()`` dict, one dict per unit with ``case_id`` and ``index`` in the
@@ -442,6 +443,8 @@ def evaluate(
     for batch in predict(model, dataset, batch_size=batch_size, device=device, num_workers=num_workers, amp=amp,
                          indices=shard):
         spacing = batch.get("spacing")
+        if eval_unit == "volume" and spacing is not None and spacing.shape[-1] != 3:
+            spacing = None  # in-plane only: the slice distance is unknown, so volumes are scored in voxels
         if eval_unit == "volume":
             scores.update(batch["pred"], batch["mask"], spacing=spacing, case_ids=list(batch["case_id"]),
                           slice_indices=_as_list(batch["slice_index"]))
@@ -935,7 +938,8 @@ def _train(config: RunConfig, out_dir: Path, splits: Any, resume: bool | str | P
                                      device=device, num_workers=run.num_workers, amp=use_amp,
                                      nsd_tolerance=run.nsd_tolerance)
     if main_process:
-        spacing_known = "spacing" in splits.test[0]
+        sample = splits.test[0]
+        spacing_known = "spacing" in sample and (splits.eval_unit == "image" or len(sample["spacing"]) == 3)
         result.test = _write_results(out_dir, metrics_result, units, splits.class_names, {
             "split": "test", "eval_unit": splits.eval_unit, "selected_model": run.select,
             "evaluated_epoch": best_epoch if run.select == "best" and best_epoch is not None else epoch - 1,
