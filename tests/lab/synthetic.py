@@ -46,7 +46,18 @@ class Splits:
     eval_unit: str
 
 
-def disc_splits(train: int = 8, val: int = 4, test: int = 4, size: int = 32, num_classes: int = 2) -> Splits:
+class Slices(Discs):
+    """Discs as the slices of ``count // depth`` volumes (ACDC-style evaluation units)."""
+
+    def __init__(self, count: int, size: int, num_classes: int, seed: int, depth: int = 2):
+        super().__init__(count, size, num_classes, seed)
+        for position, sample in enumerate(self.samples):
+            sample["case_id"], sample["slice_index"] = f"volume{position // depth}", position % depth
+
+
+def disc_splits(train: int = 8, val: int = 4, test: int = 4, size: int = 32, num_classes: int = 2,
+                eval_unit: str = "image") -> Splits:
     names = ["background", "disc", "core"][:num_classes]
-    return Splits(Discs(train, size, num_classes, seed=0), Discs(val, size, num_classes, seed=1),
-                  Discs(test, size, num_classes, seed=2), num_classes, 1, names, 2, "image")
+    held_out = Slices if eval_unit == "volume" else Discs
+    return Splits(Discs(train, size, num_classes, seed=0), held_out(val, size, num_classes, seed=1),
+                  held_out(test, size, num_classes, seed=2), num_classes, 1, names, 2, eval_unit)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import errno
 import importlib
+import importlib.util
 import json
 import signal
 
@@ -196,6 +197,34 @@ def test_losses_that_cannot_serve_the_data_are_refused(monkeypatch):
     # Two classes: a binary-only loss trains one sigmoid channel, the others two softmax channels.
     assert build_criterion(apply_overrides(four_class, ["loss.name=tversky"]), 2, 10)[1] == 1
     assert build_criterion(apply_overrides(four_class, ["loss.name=exp_log"]), 2, 10)[1] == 2
+
+
+def test_three_classes_scored_per_volume_with_a_prepass_ledger(tmp_path):
+    config = tiny_config(tmp_path / "run", envelope={"preset": "atk", "options": {"ledger_init": "prepass"}},
+                         loss={"name": "ce_dice_pixel"}, train={"epochs": 1, "select": "final"})
+    result = train(config, splits=disc_splits(test=6, num_classes=3, eval_unit="volume"))
+    assert result.test["units"] == 3 and result.test["eval_unit"] == "volume"
+    assert list(result.test["per_class"]["dice"]) == ["disc", "core"]
+    with open(tmp_path / "run" / "per_image.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["case_id"], row["class"]) for row in rows] == [
+        (f"volume{v}", cls) for v in range(3) for cls in ("disc", "core")]
+    assert result.test["selected_model"] == "final" and result.test["evaluated_epoch"] == 1
+    # The prepass filled the ledger before the first step: no warm-up.
+    assert result.history[0]["env_warmup"] == 0.0
+
+
+def test_progress_bars_on_a_terminal_and_tensorboard(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train_module.sys.stderr, "isatty", lambda: True, raising=False)
+    run(tiny_config(tmp_path / "bars", train={"epochs": 1, "val_every": 0, "progress": True}))
+    assert "epoch 1/1" in capsys.readouterr().err  # the tqdm bar
+    config = tiny_config(tmp_path / "tensorboard", train={"epochs": 1, "tensorboard": True})
+    if importlib.util.find_spec("tensorboard") is None:
+        with pytest.raises(ValueError, match=r"`train\.tensorboard` to be false when the tensorboard package"):
+            run(config)
+    else:
+        run(config)
+        assert list((tmp_path / "tensorboard" / "tensorboard").iterdir())
 
 
 def test_a_binary_loss_trains_one_sigmoid_channel(tmp_path):
