@@ -345,13 +345,17 @@ class _Order(Sampler[int]):
         return len(self.indices)
 
 
-def _epoch_order(num_samples: int, seed: int, epoch: int, rank: int, world: int) -> list[int]:
-    """This process's share of the epoch's permutation: positions rank, rank + W, ... (padded by wrapping
-    so that every process takes the same number of samples, as DistributedSampler does)."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(num_samples, generator=generator).tolist()
+def _shard(order: list[int], rank: int, world: int) -> list[int]:
+    """This process's share of ``order``: positions rank, rank + W, ... (padded by wrapping so that every
+    process takes the same number of samples, as DistributedSampler does)."""
     padded = order + order[: (-len(order)) % world]
     return padded[rank::world]
+
+
+def _epoch_order(num_samples: int, seed: int, epoch: int, rank: int, world: int) -> list[int]:
+    """This process's share of the epoch's permutation, seeded by (seed, epoch)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return _shard(torch.randperm(num_samples, generator=generator).tolist(), rank, world)
 
 
 def _loader(dataset: Dataset, batch_size: int, sampler: Sampler | None, num_workers: int, pin: bool) -> DataLoader:
@@ -766,7 +770,7 @@ def _train(config: RunConfig, out_dir: Path, splits: Any, resume: bool | str | P
 
     if envelope is not None and envelope.config.ledger_init == "prepass" and checkpoint is None:
         prepass_loader = _loader(splits.train, local_batch, _Order(), run.num_workers, device.type == "cuda")
-        prepass_loader.sampler.indices = list(range(rank, num_train, world))
+        prepass_loader.sampler.indices = _shard(list(range(num_train)), rank, world)
         with torch.no_grad():
             envelope.prepass(((b["image"].to(device), b["mask"].to(device), b["index"].to(device))
                               for b in prepass_loader), model=model)
