@@ -354,7 +354,8 @@ def _fingerprint(config: Any) -> dict[str, Any]:
     for dotted in RESUMABLE_CHANGES:
         section, key = dotted.split(".")
         values[section].pop(key, None)
-    return json.loads(json.dumps({"config": values, "noise_parameters": config.data.noise.parameters()}))
+    noise = config.data.noise.parameters() if config.data.noise.enabled else "none"
+    return json.loads(json.dumps({"config": values, "noise_parameters": noise}))
 
 
 def is_finished(out_dir: Path, config: Any) -> tuple[bool, str]:
