@@ -204,10 +204,6 @@ def _image_to_float(pixels: np.ndarray) -> np.ndarray:
 def _mask_to_labels(values: np.ndarray, mask_values: tuple[int, ...] | None, num_classes: int,
                     path: str) -> np.ndarray:
     """Map stored mask values to class labels 0..num_classes-1; refuse values outside the label set."""
-    if values.ndim == 3:  # a mask saved as RGB: all channels must agree
-        if not np.all(values == values[..., :1]):
-            fail("mask", "a single-channel label image", f"{path!r} (its colour channels differ)")
-        values = values[..., 0]
     if mask_values is None:
         mask_values = tuple(range(num_classes))
         if num_classes == 2:
@@ -227,20 +223,26 @@ def _mask_to_labels(values: np.ndarray, mask_values: tuple[int, ...] | None, num
 
 
 def resize_pair(image: np.ndarray, mask: np.ndarray, size: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
-    """Resize a 2D image (C, H, W) bilinearly with antialiasing and its mask (H, W) by nearest neighbour.
+    """Resize a 2D image (C, H, W) bilinearly (antialiased when shrinking) and its mask (H, W) by nearest neighbour.
+
+    Pillow's filters widen their support when shrinking, so downsampling averages rather than aliases;
+    the mask takes the label at each output pixel's centre.
 
     Example:
         >>> image, mask = resize_pair(np.zeros((1, 40, 60), np.float32), np.zeros((40, 60), np.int64), (20, 30))
         >>> image.shape, mask.shape
         ((1, 20, 30), (20, 30))
     """
+    from PIL import Image
+
     if size is None or tuple(image.shape[-2:]) == tuple(size):
         return image, mask
-    image_t = torch.from_numpy(np.ascontiguousarray(image))[None]
-    mask_t = torch.from_numpy(np.ascontiguousarray(mask))[None, None].float()
-    image_t = torch.nn.functional.interpolate(image_t, size=size, mode="bilinear", align_corners=False, antialias=True)
-    mask_t = torch.nn.functional.interpolate(mask_t, size=size, mode="nearest-exact")
-    return image_t[0].numpy(), mask_t[0, 0].round().to(torch.int64).numpy()
+    height, width = size
+    channels = [np.asarray(Image.fromarray(np.ascontiguousarray(channel, dtype=np.float32), mode="F")
+                           .resize((width, height), Image.Resampling.BILINEAR)) for channel in image]
+    rows = np.minimum(((np.arange(height) + 0.5) * mask.shape[0] / height).astype(np.int64), mask.shape[0] - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * mask.shape[1] / width).astype(np.int64), mask.shape[1] - 1)
+    return np.stack(channels), mask[rows[:, None], cols[None, :]]
 
 
 @dataclass(frozen=True)
@@ -267,7 +269,12 @@ class PairedFileReader:
         image = _image_to_float(read_image_file(ref.image_path))
         if image.shape[0] != self.in_channels:
             image = _match_channels(image, self.in_channels, ref.image_path)
-        mask = _mask_to_labels(read_image_file(ref.mask_path), self.mask_values, self.num_classes, ref.mask_path)
+        values = read_image_file(ref.mask_path)
+        if values.ndim == 3:  # a mask saved as RGB: all channels must agree
+            if not np.all(values == values[..., :1]):
+                fail("mask", "a single-channel label image", f"{ref.mask_path!r} (its colour channels differ)")
+            values = values[..., 0]
+        mask = _mask_to_labels(values, self.mask_values, self.num_classes, ref.mask_path)
         if image.shape[1:] != mask.shape:
             fail("image and mask sizes", "equal",
                  f"{image.shape[1:]} for {ref.image_path!r} and {mask.shape} for {ref.mask_path!r}")
@@ -282,6 +289,136 @@ def _match_channels(image: np.ndarray, in_channels: int, path: str) -> np.ndarra
         return image.mean(axis=0, keepdims=True)
     fail("image channels", f"{in_channels} (as the dataset's first image)", f"{image.shape[0]} in {path!r}")
     raise AssertionError("unreachable")
+
+
+def read_hdf5(path: str | Path, keys: Sequence[str] = ("image", "label")) -> list[np.ndarray]:
+    """Read datasets ``keys`` of an HDF5 file; errors name the file (missing, corrupt or lacking a key)."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        fail("HDF5 file", "an existing file", f"{str(path)!r} (not found)")
+    try:
+        with h5py.File(path, "r") as handle:
+            missing = [key for key in keys if key not in handle]
+            if missing:
+                fail("HDF5 file", f"datasets {list(keys)}", f"{str(path)!r} without {missing}")
+            return [np.asarray(handle[key][()]) for key in keys]
+    except OSError as error:
+        fail("HDF5 file", "a readable HDF5 file", f"{str(path)!r} ({error})")
+    raise AssertionError("unreachable")
+
+
+def read_nifti(path: str | Path) -> np.ndarray:
+    """Read a NIfTI image's voxels (its own dtype); errors name the file."""
+    import nibabel
+
+    path = Path(path)
+    if not path.is_file():
+        fail("NIfTI file", "an existing file", f"{str(path)!r} (not found)")
+    try:
+        return np.asanyarray(nibabel.load(str(path)).dataobj)
+    except Exception as error:  # nibabel raises several types for damaged files
+        fail("NIfTI file", "a readable NIfTI image", f"{str(path)!r} ({type(error).__name__}: {error})")
+    raise AssertionError("unreachable")
+
+
+def _nifti_shape(path: Path) -> tuple[int, ...]:
+    import nibabel
+
+    try:
+        return tuple(nibabel.load(str(path)).shape)
+    except Exception as error:
+        fail("NIfTI file", "a readable NIfTI image", f"{str(path)!r} ({type(error).__name__}: {error})")
+    raise AssertionError("unreachable")
+
+
+def _check_labels(labels: np.ndarray, num_classes: int, path: str) -> np.ndarray:
+    unknown = sorted(set(np.unique(labels).tolist()) - set(range(num_classes)))
+    if unknown:
+        fail("mask values", f"in the label set {list(range(num_classes))}", f"{unknown[:10]} in {path!r}")
+    return labels.astype(np.int64)
+
+
+class _VolumeCache:
+    """The few most recently decoded volumes, so slices of one volume decode it once."""
+
+    def __init__(self, capacity: int = 4):
+        self.capacity = capacity
+        self.volumes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def get(self, key: str, load) -> tuple[np.ndarray, np.ndarray]:
+        if key not in self.volumes:
+            if len(self.volumes) >= self.capacity:
+                self.volumes.pop(next(iter(self.volumes)))
+            self.volumes[key] = load()
+        return self.volumes[key]
+
+    def __getstate__(self):  # workers start with an empty cache rather than a copy of the parent's
+        return {"capacity": self.capacity, "volumes": {}}
+
+
+class ACDCReader:
+    """SSL4MIS ACDC: training slices from ``*_slice_*.h5``, validation/test slices taken from volume files."""
+
+    def __init__(self) -> None:
+        self.volumes = _VolumeCache()
+
+    def read(self, ref: SampleRef) -> tuple[np.ndarray, np.ndarray]:
+        if ref.slice_index < 0:
+            image, label = self._checked(ref.image_path)
+        else:
+            volume, labels = self.volumes.get(ref.image_path, lambda: self._checked(ref.image_path))
+            image, label = volume[ref.slice_index], labels[ref.slice_index]
+        return image[None].astype(np.float32), label
+
+    @staticmethod
+    def _checked(path: str) -> tuple[np.ndarray, np.ndarray]:
+        image, label = read_hdf5(path)
+        if image.shape != label.shape:
+            fail("image and mask sizes", "equal", f"{image.shape} and {label.shape} in {path!r}")
+        return image, _check_labels(label, 4, path)
+
+
+class NiftiReader:
+    """NIfTI image and mask volumes: 2D slices along ``slice_axis`` or 3D patches at ``patch_origin``.
+
+    Intensities are clipped to the volume's 0.5-99.5 percentiles and scaled to [0, 1]; a 4D image
+    keeps its last axis as channels.
+    """
+
+    def __init__(self, num_classes: int, mask_values: tuple[int, ...] | None, slice_axis: int,
+                 patch_size: tuple[int, int, int] | None) -> None:
+        self.num_classes = num_classes
+        self.mask_values = mask_values
+        self.slice_axis = slice_axis
+        self.patch_size = patch_size
+        self.volumes = _VolumeCache()
+
+    def read(self, ref: SampleRef) -> tuple[np.ndarray, np.ndarray]:
+        image, labels = self.volumes.get(ref.image_path, lambda: self._load_volume(ref))
+        if self.patch_size is None:
+            return np.take(image, ref.slice_index, axis=self.slice_axis + 1), np.take(
+                labels, ref.slice_index, axis=self.slice_axis)
+        corners = zip(ref.patch_origin, self.patch_size, strict=True)
+        window = tuple(slice(start, start + size) for start, size in corners)
+        image_patch, label_patch = image[(slice(None), *window)], labels[window]
+        padding = [(0, size - got) for size, got in zip(self.patch_size, label_patch.shape, strict=True)]
+        return np.pad(image_patch, [(0, 0), *padding]), np.pad(label_patch, padding)
+
+    def _load_volume(self, ref: SampleRef) -> tuple[np.ndarray, np.ndarray]:
+        image = read_nifti(ref.image_path).astype(np.float32)
+        image = image[None] if image.ndim == 3 else np.moveaxis(image, -1, 0)
+        labels = read_nifti(ref.mask_path)
+        if image.shape[1:] != labels.shape:
+            fail("image and mask sizes", "equal",
+                 f"{image.shape[1:]} for {ref.image_path!r} and {labels.shape} for {ref.mask_path!r}")
+        if not np.all(labels == np.round(labels)):
+            fail("mask values", "integer labels", f"fractional values in {ref.mask_path!r}")
+        labels = _mask_to_labels(labels.astype(np.int64), self.mask_values, self.num_classes, ref.mask_path)
+        low, high = np.percentile(image, [0.5, 99.5])
+        image = (np.clip(image, low, high) - low) / max(float(high - low), 1e-12)
+        return image.astype(np.float32), labels
 
 
 # ---------------------------------------------------------------------------------------------
@@ -509,7 +646,148 @@ def _build_hc18(config: DataConfig, root: Path) -> tuple[dict[str, list[SampleRe
     return splits, PairedFileReader(2, 1, (0, 255)), info
 
 
-_BUILDERS = {"hc18": _build_hc18}
+def _build_fuseg(config: DataConfig, root: Path) -> tuple[dict[str, list[SampleRef]], Any, dict[str, Any]]:
+    # FUSeg's validation folder is our test split; validation images are carved from its training folder
+    train = _paired_refs(root / "train" / "images", root / "train" / "masks", IMAGE_SUFFIXES, lambda stem: stem)
+    test = _paired_refs(root / "validation" / "images", root / "validation" / "masks", IMAGE_SUFFIXES,
+                        lambda stem: stem)
+    assignment = split_cases([ref.case_id for ref in train], config.val_fraction, 0.0, config.split_seed)
+    splits = {"train": [ref for ref in train if assignment[ref.case_id] == "train"],
+              "val": [ref for ref in train if assignment[ref.case_id] == "val"], "test": test}
+    info = dict(num_classes=2, in_channels=3, class_names=["background", "wound"], spatial_dims=2, eval_unit="image")
+    return splits, PairedFileReader(2, 3, (0, 255)), info
+
+
+def _read_list(path: Path) -> list[str]:
+    if not path.is_file():
+        fail("ACDC list file", "an existing file", f"{str(path)!r} (not found)")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def _build_acdc(config: DataConfig, root: Path) -> tuple[dict[str, list[SampleRef]], Any, dict[str, Any]]:
+    import h5py
+
+    data = root / "data"
+    train = []
+    for name in _read_list(root / "train_slices.list"):
+        path = str(data / f"{name}.h5")
+        train.append(SampleRef(name, name.rsplit("_slice_", 1)[0], path, path))
+    splits = {"train": train}
+    for split, list_name in (("val", "val.list"), ("test", "test.list")):
+        refs = []
+        for volume in _read_list(root / list_name):
+            path = data / f"{volume}.h5"
+            if not path.is_file():
+                fail("HDF5 file", "an existing file", f"{str(path)!r} (not found; listed in {list_name})")
+            try:
+                with h5py.File(path, "r") as handle:
+                    depth = handle["image"].shape[0]
+            except (OSError, KeyError) as error:
+                fail("HDF5 file", "a readable volume with an `image` dataset", f"{str(path)!r} ({error})")
+            refs += [SampleRef(f"{volume}_z{z}", volume, str(path), str(path), slice_index=z) for z in range(depth)]
+        splits[split] = refs
+    info = dict(num_classes=4, in_channels=1, class_names=["background", "right_ventricle", "myocardium",
+                                                           "left_ventricle"], spatial_dims=2, eval_unit="volume")
+    return splits, ACDCReader(), info
+
+
+def _subject_function(pattern: str | None):
+    if pattern is None:
+        return lambda stem: stem
+    compiled = re.compile(pattern)
+
+    def subject(stem: str) -> str:
+        match = compiled.search(stem)
+        if match is None:
+            fail("subject_regex", f"a pattern matching every file name ({pattern!r})", f"no match in {stem!r}")
+        return match.group(1) if compiled.groups else match.group(0)
+
+    return subject
+
+
+def _assign_splits(config: DataConfig, root: Path, refs: list[SampleRef]) -> dict[str, list[SampleRef]]:
+    """Split by ``split_csv`` (rows ``name,split``) when given, else a seeded split by subject."""
+    if config.split_csv is None:
+        assignment = split_cases([ref.case_id for ref in refs], config.val_fraction, config.test_fraction,
+                                 config.split_seed)
+        return {name: [ref for ref in refs if assignment[ref.case_id] == name] for name in ("train", "val", "test")}
+    path = Path(config.split_csv)
+    path = path if path.is_absolute() else root / path
+    if not path.is_file():
+        fail("split_csv", "an existing CSV file", f"{str(path)!r} (not found)")
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or not {"name", "split"} <= set(rows[0]):
+        columns = list(rows[0]) if rows else []
+        fail("split_csv", "a CSV with columns name,split", f"{str(path)!r} with columns {columns}")
+    by_name = {}
+    for row in rows:
+        name = Path(row["name"].strip()).name
+        for suffix in (*NIFTI_SUFFIXES, *IMAGE_SUFFIXES):
+            if name.lower().endswith(suffix):
+                name = name[: -len(suffix)]
+                break
+        if row["split"].strip() not in ("train", "val", "test"):
+            fail("split_csv split", "one of ['train', 'val', 'test']",
+                 f"{row['split']!r} for {name!r} in {str(path)!r}")
+        if name in by_name:
+            fail("split_csv", "one row per image file", f"{name!r} twice in {str(path)!r}")
+        by_name[name] = row["split"].strip()
+    unlisted = [ref.name for ref in refs if ref.name not in by_name]
+    unknown = sorted(set(by_name) - {ref.name for ref in refs})
+    if unlisted or unknown:
+        fail("split_csv", "one row per image file", f"files missing from {str(path)!r}: {unlisted[:5]}, "
+             f"rows without a file: {unknown[:5]}")
+    return {name: [ref for ref in refs if by_name[ref.name] == name] for name in ("train", "val", "test")}
+
+
+def _classes(config: DataConfig) -> tuple[int, list[str]]:
+    num_classes = config.num_classes or (len(config.mask_values) if config.mask_values is not None else 2)
+    return num_classes, [f"class{label}" for label in range(num_classes)]
+
+
+def _build_folder(config: DataConfig, root: Path) -> tuple[dict[str, list[SampleRef]], Any, dict[str, Any]]:
+    refs = _paired_refs(root / config.images_dir, root / config.masks_dir, IMAGE_SUFFIXES,
+                        _subject_function(config.subject_regex))
+    num_classes, class_names = _classes(config)
+    in_channels = _image_channels(refs[0].image_path)
+    info = dict(num_classes=num_classes, in_channels=in_channels, class_names=class_names, spatial_dims=2,
+                eval_unit="image")
+    return _assign_splits(config, root, refs), PairedFileReader(num_classes, in_channels, config.mask_values), info
+
+
+def _build_nifti(config: DataConfig, root: Path) -> tuple[dict[str, list[SampleRef]], Any, dict[str, Any]]:
+    volumes = _paired_refs(root / config.images_dir, root / config.masks_dir, NIFTI_SUFFIXES,
+                           _subject_function(config.subject_regex))
+    if config.patch_size is not None and config.image_size is not None:
+        fail("image_size", "None with 3D patches (patch_size)", config.image_size)
+    if config.patch_size is None and config.slice_axis not in (0, 1, 2):
+        fail("slice_axis", "0, 1 or 2", config.slice_axis)
+    splits = _assign_splits(config, root, volumes)
+    first_shape = _nifti_shape(Path(volumes[0].image_path))
+    in_channels = first_shape[3] if len(first_shape) == 4 else 1
+    for split, split_volumes in splits.items():
+        refs = []
+        for volume in split_volumes:
+            shape = _nifti_shape(Path(volume.image_path))[:3]
+            if config.patch_size is None:
+                refs += [SampleRef(f"{volume.name}_slice{z}", volume.case_id, volume.image_path, volume.mask_path,
+                                   slice_index=z) for z in range(shape[config.slice_axis])]
+            else:
+                starts = [range(0, extent, size) for extent, size in zip(shape, config.patch_size, strict=True)]
+                origins = np.stack(np.meshgrid(*starts, indexing="ij"), axis=-1).reshape(-1, 3)
+                refs += [SampleRef(f"{volume.name}_patch{number}", volume.case_id, volume.image_path, volume.mask_path,
+                                   patch_origin=tuple(int(v) for v in origin)) for number, origin in enumerate(origins)]
+        splits[split] = refs
+    num_classes, class_names = _classes(config)
+    slices = config.patch_size is None
+    info = dict(num_classes=num_classes, in_channels=in_channels, class_names=class_names,
+                spatial_dims=2 if slices else 3, eval_unit="volume" if slices else "image")
+    return splits, NiftiReader(num_classes, config.mask_values, config.slice_axis, config.patch_size), info
+
+
+_BUILDERS = {"hc18": _build_hc18, "fuseg": _build_fuseg, "acdc": _build_acdc, "folder": _build_folder,
+             "nifti": _build_nifti}
 
 
 def build_splits(config: DataConfig, out_dir: str | Path | None = None) -> DataSplits:
