@@ -26,7 +26,7 @@ def test_hc18_splits_by_subject_and_serves_the_contract(data_dir, tmp_path):
     assert (splits.num_classes, splits.in_channels, splits.spatial_dims, splits.eval_unit) == (2, 1, 2, "image")
     assert splits.class_names == ["background", "head"]
     sample = splits.train[3]
-    assert set(sample) == {"image", "mask", "clean_mask", "index", "case_id", "slice_index"}
+    assert set(sample) == {"image", "mask", "clean_mask", "index", "case_id", "slice_index", "spacing"}
     assert sample["image"].dtype == torch.float32 and sample["image"].shape == (1, 48, 64)
     assert sample["mask"].dtype == torch.int64 and sample["mask"].shape == (48, 64)
     assert sample["index"] == 3 and sample["slice_index"] == -1
@@ -34,7 +34,13 @@ def test_hc18_splits_by_subject_and_serves_the_contract(data_dir, tmp_path):
     assert 0.0 <= sample["image"].min() and sample["image"].max() <= 1.0
     assert torch.equal(sample["mask"], sample["clean_mask"])  # no noise
     batch = torch.utils.data.default_collate([splits.train[i] for i in range(4)])
-    assert batch["image"].shape == (4, 1, 48, 64)
+    assert batch["image"].shape == (4, 1, 48, 64) and batch["spacing"].shape == (4, 2)
+    # the pixel size of pixel_size_and_hc.csv, scaled by the resize on each axis
+    ref = splits.train.refs[3]
+    with open(data_dir / "hc18" / "pixel_size_and_hc.csv", newline="") as handle:
+        pixel_mm = next(float(r["pixel_size_mm"]) for r in csv.DictReader(handle) if r["filename"] == ref.name + ".png")
+    width, height = Image.open(ref.image_path).size
+    assert sample["spacing"].tolist() == pytest.approx([pixel_mm * height / 48, pixel_mm * width / 64])
 
     rows = _read_csv(tmp_path / "splits.csv")
     assert [r["split"] for r in rows].count("train") == 6 and len(rows) == 10
@@ -177,7 +183,8 @@ def _nifti_dataset(root, volumes=3, shape=(12, 10, 5)):
     for number in range(volumes):
         image = rng.normal(100.0, 20.0, shape).astype(np.float32)
         labels = rng.integers(0, 3, shape).astype(np.uint8)
-        nibabel.save(nibabel.Nifti1Image(image, np.eye(4)), root / "images" / f"case{number}.nii.gz")
+        affine = np.diag([1.5, 2.0, 3.0, 1.0])
+        nibabel.save(nibabel.Nifti1Image(image, affine), root / "images" / f"case{number}.nii.gz")
         nibabel.save(nibabel.Nifti1Image(labels, np.eye(4)), root / "masks" / f"case{number}.nii.gz")
         data[f"case{number}"] = (image, labels)
     return data
@@ -196,6 +203,7 @@ def test_nifti_volumes_as_2d_slices(tmp_path):
     assert np.array_equal(stacked, volumes[case][1])
     images = np.stack([s["image"][0].numpy() for s in samples], axis=-1)
     assert images.min() == 0.0 and images.max() == 1.0  # percentile-clipped, scaled per volume
+    assert samples[0]["spacing"].tolist() == [1.5, 2.0]  # in-plane voxel size from the header
     assert np.corrcoef(images.ravel(), volumes[case][0].ravel())[0, 1] > 0.95
 
 
@@ -225,6 +233,7 @@ def test_nifti_volumes_as_3d_patches(tmp_path):
     labels = volumes["case0"][1]
     assert np.array_equal(last["clean_mask"][:4, :2, :1].numpy(), labels[8:, 8:, 4:])
     assert (last["clean_mask"][4:] == 0).all() and (last["image"][:, 4:] == 0).all()  # zero padding
+    assert last["spacing"].tolist() == [1.5, 2.0, 3.0]
     with pytest.raises(ValueError, match="`image_size`.*patch_size"):
         build_splits(DataConfig("nifti", root=str(tmp_path / "data"), num_classes=3, split_csv="split.csv",
                                 patch_size=(8, 8, 4), image_size=(8, 8)))

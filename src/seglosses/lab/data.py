@@ -20,7 +20,7 @@ import hashlib
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 from seglosses._checks import check_number, check_type, fail
 from seglosses.lab.noise import NoiseConfig, dice_agreement, homogenise, simulate_noise
 
-DATASET_NAMES = ("hc18", "fuseg", "acdc", "folder", "nifti")
+DATASET_NAMES = ("hc18", "hc18_demo", "fuseg", "acdc", "folder", "nifti")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -41,7 +41,7 @@ class DataConfig:
     """What to load and how to split it.
 
     Args:
-        name: one of :data:`DATASET_NAMES`.
+        name: one of :data:`DATASET_NAMES` (``hc18_demo``: the small HC18 subset packaged with seglosses).
         root: the dataset folder. ``None``: ``$SEGLOSSES_DATA/<name>`` when that variable is set,
             else ``../shared/data/<name>`` beside the repository checkout (``folder`` and ``nifti``
             need an explicit root).
@@ -255,6 +255,7 @@ class SampleRef:
     mask_path: str
     slice_index: int = -1  # position of a 2D slice in its volume; -1 for plain images
     patch_origin: tuple[int, ...] | None = None  # 3D patches: corner of the patch in the volume
+    spacing: tuple[float, ...] | None = None  # native pixel / voxel size in mm, where the dataset gives it
 
 
 class PairedFileReader:
@@ -323,11 +324,13 @@ def read_nifti(path: str | Path) -> np.ndarray:
     raise AssertionError("unreachable")
 
 
-def _nifti_shape(path: Path) -> tuple[int, ...]:
+def _nifti_header(path: Path) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """Shape and voxel size (mm) of a NIfTI image, from its header alone."""
     import nibabel
 
     try:
-        return tuple(nibabel.load(str(path)).shape)
+        header = nibabel.load(str(path)).header
+        return tuple(int(n) for n in header.get_data_shape()), tuple(float(z) for z in header.get_zooms())
     except Exception as error:
         fail("NIfTI file", "a readable NIfTI image", f"{str(path)!r} ({type(error).__name__}: {error})")
     raise AssertionError("unreachable")
@@ -460,7 +463,7 @@ class SegmentationDataset(Dataset):
         self.homogenise_sigma = homogenise_sigma
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.cache_tag = cache_tag
-        self._arrays: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._arrays: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
         self._noisy: dict[int, tuple[np.ndarray, NoiseRecord]] = {}
 
     def __len__(self) -> int:
@@ -470,7 +473,12 @@ class SegmentationDataset(Dataset):
         """The (homogenised, if asked) image and the clean mask of sample ``index``, decoded once."""
         if index not in self._arrays:
             self._arrays[index] = self._load(self.refs[index])
-        return self._arrays[index]
+        return self._arrays[index][:2]
+
+    def spacing(self, index: int) -> np.ndarray | None:
+        """Pixel (voxel) size of sample ``index`` in mm after resizing, or ``None`` when the data does not say."""
+        self.clean_arrays(index)
+        return self._arrays[index][2]
 
     def noisy_mask(self, index: int) -> tuple[np.ndarray, NoiseRecord]:
         """The training mask of sample ``index`` after simulated annotation noise, and what was done."""
@@ -491,7 +499,7 @@ class SegmentationDataset(Dataset):
         image, clean = self.clean_arrays(index)
         mask = self.noisy_mask(index)[0] if self.noise is not None else clean
         ref = self.refs[index]
-        return {
+        sample = {
             "image": torch.from_numpy(image),
             "mask": torch.from_numpy(mask),
             "clean_mask": torch.from_numpy(clean),
@@ -499,26 +507,37 @@ class SegmentationDataset(Dataset):
             "case_id": ref.case_id,
             "slice_index": ref.slice_index,
         }
+        spacing = self.spacing(index)
+        if spacing is not None:  # HC18 and NIfTI: distances (HD95, ASSD, NSD) in mm
+            sample["spacing"] = torch.from_numpy(spacing)
+        return sample
 
-    def _load(self, ref: SampleRef) -> tuple[np.ndarray, np.ndarray]:
+    def _load(self, ref: SampleRef) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         cache_paths = self._cache_paths(ref)
         if cache_paths is not None and all(path.is_file() for path in cache_paths):
-            return np.load(cache_paths[0]), np.load(cache_paths[1])
+            image, mask, spacing = (np.load(path) for path in cache_paths)
+            return image, mask, spacing if ref.spacing is not None else None
         image, mask = self.reader.read(ref)
+        native_shape = mask.shape
         if image.ndim == 3:  # 2D (C, H, W); 3D patches keep their size
             image, mask = resize_pair(image, mask, self.image_size)
+        spacing = None
+        if ref.spacing is not None:
+            spacing = np.array([step * before / after for step, before, after
+                                in zip(ref.spacing, native_shape, mask.shape, strict=True)], dtype=np.float64)
         if self.homogenise_sigma is not None:
             image = homogenise(image, mask, self.homogenise_sigma)
         image = np.ascontiguousarray(image, dtype=np.float32)
         mask = np.ascontiguousarray(mask, dtype=np.int64)
         if cache_paths is not None:
-            for path, array in zip(cache_paths, (image, mask), strict=True):
+            stored_spacing = spacing if spacing is not None else np.zeros(0)
+            for path, array in zip(cache_paths, (image, mask, stored_spacing), strict=True):
                 temporary = path.with_suffix(f".{os.getpid()}.tmp.npy")
                 np.save(temporary, array)
                 os.replace(temporary, path)  # atomic: parallel workers never read half a file
-        return image, mask
+        return image, mask, spacing
 
-    def _cache_paths(self, ref: SampleRef) -> tuple[Path, Path] | None:
+    def _cache_paths(self, ref: SampleRef) -> tuple[Path, Path, Path] | None:
         if self.cache_dir is None:
             return None
         stats = [os.stat(path) for path in (ref.image_path, ref.mask_path)]
@@ -527,7 +546,7 @@ class SegmentationDataset(Dataset):
         digest = hashlib.sha1(key.encode()).hexdigest()[:16]
         folder = self.cache_dir / digest[:2]
         folder.mkdir(parents=True, exist_ok=True)
-        return folder / f"{digest}_image.npy", folder / f"{digest}_mask.npy"
+        return folder / f"{digest}_image.npy", folder / f"{digest}_mask.npy", folder / f"{digest}_spacing.npy"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -589,7 +608,13 @@ def _write_noise_csv(path: Path, dataset: SegmentationDataset) -> None:
 
 
 def default_root(name: str) -> Path:
-    """``$SEGLOSSES_DATA/<name>`` when set, else ``../shared/data/<name>`` beside the repository checkout."""
+    """Where dataset ``name`` lives by default.
+
+    ``hc18_demo``: the HC18 subset packaged with seglosses (CC BY 4.0). Others: ``$SEGLOSSES_DATA/<name>``
+    when that variable is set, else ``../shared/data/<name>`` beside the repository checkout.
+    """
+    if name == "hc18_demo":
+        return Path(__file__).resolve().parent / "demo_data" / "hc18"
     if os.environ.get("SEGLOSSES_DATA"):
         return Path(os.environ["SEGLOSSES_DATA"]) / name
     return Path(__file__).resolve().parents[4] / "shared" / "data" / name
@@ -637,8 +662,20 @@ def _hc18_subject(stem: str) -> str:
     return stem.split("_")[0]
 
 
+def _hc18_pixel_sizes(root: Path) -> dict[str, float]:
+    """``pixel_size_and_hc.csv``: pixel size in mm per image stem (empty when the file is absent)."""
+    path = root / "pixel_size_and_hc.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as handle:
+        return {Path(row["filename"]).stem: float(row["pixel_size_mm"]) for row in csv.DictReader(handle)}
+
+
 def _build_hc18(config: DataConfig, root: Path) -> tuple[dict[str, list[SampleRef]], Any, dict[str, Any]]:
     refs = _paired_refs(root / "images", root / "masks", (".png",), _hc18_subject)
+    pixel_sizes = _hc18_pixel_sizes(root)
+    if all(ref.name in pixel_sizes for ref in refs):  # a partial table would make batches uneven
+        refs = [replace(ref, spacing=(pixel_sizes[ref.name],) * 2) for ref in refs]
     cases = [ref.case_id for ref in refs]
     assignment = split_cases(cases, config.val_fraction, config.test_fraction, config.split_seed)
     splits = {name: [ref for ref in refs if assignment[ref.case_id] == name] for name in ("train", "val", "test")}
@@ -764,20 +801,23 @@ def _build_nifti(config: DataConfig, root: Path) -> tuple[dict[str, list[SampleR
     if config.patch_size is None and config.slice_axis not in (0, 1, 2):
         fail("slice_axis", "0, 1 or 2", config.slice_axis)
     splits = _assign_splits(config, root, volumes)
-    first_shape = _nifti_shape(Path(volumes[0].image_path))
+    first_shape = _nifti_header(Path(volumes[0].image_path))[0]
     in_channels = first_shape[3] if len(first_shape) == 4 else 1
     for split, split_volumes in splits.items():
         refs = []
         for volume in split_volumes:
-            shape = _nifti_shape(Path(volume.image_path))[:3]
+            shape, zooms = _nifti_header(Path(volume.image_path))
+            shape, zooms = shape[:3], zooms[:3]
             if config.patch_size is None:
+                in_plane = tuple(z for axis, z in enumerate(zooms) if axis != config.slice_axis)
                 refs += [SampleRef(f"{volume.name}_slice{z}", volume.case_id, volume.image_path, volume.mask_path,
-                                   slice_index=z) for z in range(shape[config.slice_axis])]
+                                   slice_index=z, spacing=in_plane) for z in range(shape[config.slice_axis])]
             else:
                 starts = [range(0, extent, size) for extent, size in zip(shape, config.patch_size, strict=True)]
                 origins = np.stack(np.meshgrid(*starts, indexing="ij"), axis=-1).reshape(-1, 3)
                 refs += [SampleRef(f"{volume.name}_patch{number}", volume.case_id, volume.image_path, volume.mask_path,
-                                   patch_origin=tuple(int(v) for v in origin)) for number, origin in enumerate(origins)]
+                                   patch_origin=tuple(int(v) for v in origin), spacing=zooms)
+                         for number, origin in enumerate(origins)]
         splits[split] = refs
     num_classes, class_names = _classes(config)
     slices = config.patch_size is None
@@ -786,8 +826,8 @@ def _build_nifti(config: DataConfig, root: Path) -> tuple[dict[str, list[SampleR
     return splits, NiftiReader(num_classes, config.mask_values, config.slice_axis, config.patch_size), info
 
 
-_BUILDERS = {"hc18": _build_hc18, "fuseg": _build_fuseg, "acdc": _build_acdc, "folder": _build_folder,
-             "nifti": _build_nifti}
+_BUILDERS = {"hc18": _build_hc18, "hc18_demo": _build_hc18, "fuseg": _build_fuseg, "acdc": _build_acdc,
+             "folder": _build_folder, "nifti": _build_nifti}
 
 
 def build_splits(config: DataConfig, out_dir: str | Path | None = None) -> DataSplits:

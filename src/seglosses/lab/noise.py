@@ -75,7 +75,7 @@ class NoiseConfig:
 
     Example:
         >>> NoiseConfig("moderate", seed=3).parameters()["warp_amplitude"]
-        0.1
+        0.15
         >>> NoiseConfig("moderate", warp_amplitude=0.2).parameters()["warp_amplitude"]
         0.2
         >>> NoiseConfig().enabled
