@@ -145,7 +145,11 @@ def _folder_dataset(root, subjects=4, frames=2, num_classes=3, size=(20, 24)):
 
 def test_folder_dataset_matches_by_stem_and_splits_by_subject(tmp_path):
     masks = _folder_dataset(tmp_path / "data")
-    config = DataConfig("folder", root=str(tmp_path / "data"), num_classes=3, subject_regex=r"^(s\d+)_",
+    palette = Image.fromarray(masks["s1_f1"]).convert("P")  # a label PNG with a palette: indices are the labels
+    palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * 759)
+    palette.save(tmp_path / "data" / "masks" / "s1_f1.png")
+    assert Image.open(tmp_path / "data" / "masks" / "s1_f1.png").mode == "P"
+    config = DataConfig("folder", root=tmp_path / "data", num_classes=3, subject_regex=r"^(s\d+)_",
                         val_fraction=0.25, test_fraction=0.25)
     splits = build_splits(config, out_dir=tmp_path / "run")
     assert (splits.in_channels, splits.num_classes) == (3, 3)
@@ -244,9 +248,9 @@ def test_decoded_arrays_are_cached_in_memory_and_on_disk(tmp_path, monkeypatch):
     calls = []
     original = data_module.read_image_file
 
-    def counting(path):
+    def counting(path, labels=False):
         calls.append(path)
-        return original(path)
+        return original(path, labels)
 
     monkeypatch.setattr(data_module, "read_image_file", counting)
     config = DataConfig("folder", root=str(tmp_path / "data"), image_size=(16, 16), cache_dir=str(tmp_path / "cache"),

@@ -99,6 +99,11 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_type("name", self.name, str)
+        for name in ("root", "split_csv", "cache_dir"):
+            value = getattr(self, name)
+            if value is not None:
+                check_type(name, value, (str, os.PathLike))
+                setattr(self, name, os.fspath(value))
         if self.name not in DATASET_NAMES:
             close = difflib.get_close_matches(self.name, DATASET_NAMES, n=1, cutoff=0.4)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -171,9 +176,11 @@ def _positive_ints(name: str, value: Any, length: int) -> tuple[int, ...]:
 # ---------------------------------------------------------------------------------------------
 
 
-def read_image_file(path: str | Path) -> np.ndarray:
+def read_image_file(path: str | Path, labels: bool = False) -> np.ndarray:
     """Decode an image file into an array (H, W) or (H, W, C) of its own dtype.
 
+    With ``labels``, a palette image gives its palette indices (label PNGs are often stored so);
+    otherwise palette and alpha images are converted to RGB or grey.
     Raises ``ValueError`` naming the file when it is missing or cannot be decoded.
     """
     from PIL import Image, UnidentifiedImageError
@@ -183,6 +190,8 @@ def read_image_file(path: str | Path) -> np.ndarray:
         fail("image file", "an existing file", f"{str(path)!r} (not found)")
     try:
         with Image.open(path) as image:
+            if labels and image.mode == "P":
+                return np.array(image)
             if image.mode in ("P", "PA", "LA", "RGBA", "CMYK", "YCbCr", "1"):
                 image = image.convert("RGB" if image.mode not in ("1", "LA") else "L")
             return np.array(image)
@@ -270,7 +279,7 @@ class PairedFileReader:
         image = _image_to_float(read_image_file(ref.image_path))
         if image.shape[0] != self.in_channels:
             image = _match_channels(image, self.in_channels, ref.image_path)
-        values = read_image_file(ref.mask_path)
+        values = read_image_file(ref.mask_path, labels=True)
         if values.ndim == 3:  # a mask saved as RGB: all channels must agree
             if not np.all(values == values[..., :1]):
                 fail("mask", "a single-channel label image", f"{ref.mask_path!r} (its colour channels differ)")

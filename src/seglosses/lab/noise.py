@@ -48,9 +48,9 @@ NOISE_LEVELS: dict[str, dict[str, float]] = {
                  drop_probability=0.0, omit_probability=0.0, swap_probability=0.0),
     "mild": dict(warp_amplitude=0.05, warp_smoothness=0.4, simplify_tolerance=0.02, morph_radius=0.04,
                  drop_probability=0.1, omit_probability=0.0, swap_probability=0.0),
-    "moderate": dict(warp_amplitude=0.15, warp_smoothness=0.4, simplify_tolerance=0.05, morph_radius=0.12,
-                     drop_probability=0.3, omit_probability=0.03, swap_probability=0.03),
-    "severe": dict(warp_amplitude=0.25, warp_smoothness=0.4, simplify_tolerance=0.08, morph_radius=0.25,
+    "moderate": dict(warp_amplitude=0.2, warp_smoothness=0.4, simplify_tolerance=0.06, morph_radius=0.18,
+                     drop_probability=0.3, omit_probability=0.04, swap_probability=0.03),
+    "severe": dict(warp_amplitude=0.3, warp_smoothness=0.4, simplify_tolerance=0.1, morph_radius=0.3,
                    drop_probability=0.6, omit_probability=0.2, swap_probability=0.15),
 }
 
@@ -75,9 +75,9 @@ class NoiseConfig:
 
     Example:
         >>> NoiseConfig("moderate", seed=3).parameters()["warp_amplitude"]
-        0.15
-        >>> NoiseConfig("moderate", warp_amplitude=0.2).parameters()["warp_amplitude"]
         0.2
+        >>> NoiseConfig("moderate", warp_amplitude=0.1).parameters()["warp_amplitude"]
+        0.1
         >>> NoiseConfig().enabled
         False
     """
