@@ -504,7 +504,7 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not -len(self) <= index < len(self):
             raise IndexError(f"Expected `index` to be in [0, {len(self)}), but got {index}.")
-        index = index % len(self)
+        index = int(index) % len(self)
         image, clean = self.clean_arrays(index)
         mask = self.noisy_mask(index)[0] if self.noise is not None else clean
         ref = self.refs[index]
@@ -549,6 +549,9 @@ class SegmentationDataset(Dataset):
     def _cache_paths(self, ref: SampleRef) -> tuple[Path, Path, Path] | None:
         if self.cache_dir is None:
             return None
+        for what, path in (("image file", ref.image_path), ("mask file", ref.mask_path)):
+            if not os.path.isfile(path):
+                fail(what, "an existing file", f"{path!r} (not found)")
         stats = [os.stat(path) for path in (ref.image_path, ref.mask_path)]
         key = repr((self.cache_tag, ref, self.image_size, self.homogenise_sigma,
                     [(s.st_size, s.st_mtime_ns) for s in stats]))
