@@ -162,73 +162,67 @@ class AuditResult:
 def audit_run(run_dir: str | Path, num_images: int = 8, out_dir: str | Path | None = None) -> AuditResult:
     """Audit a finished run: its ``num_images`` hardest training images and the pixels the envelope excluded.
 
-    Writes ``audit/audit.png`` (the overlay sheet), ``audit/audit.csv`` (one row per training image:
-    ledger loss, rank, excluded pixels and, with simulated noise, the hits) and ``audit/audit.json``
-    (the pooled precision and recall) into ``out_dir`` (default: the run folder).
+    The final model (``last.pt``) and its envelope rank and select as at the end of training. Writes
+    ``audit.png`` (the overlay sheet), ``audit.csv`` (one row per training image, hardest first:
+    ledger loss, rank, excluded pixels and, with simulated noise, the pixels the noise changed and
+    the hits) and ``audit.json`` (the pooled precision and recall) into ``out_dir`` (default:
+    ``<run_dir>/audit``).
 
     Raises:
-        ValueError: the run was trained without the envelope (nothing was excluded or ranked).
+        ValueError: the run was trained without the envelope (nothing was ranked or excluded).
     """
-    from seglosses.lab.train import load_run
+    from seglosses.lab.data import build_splits
+    from seglosses.lab.train import load_run, predict
 
     run_dir = Path(run_dir)
-    run = load_run(run_dir)
+    run = load_run(run_dir, which="last")
     envelope = _envelope_of(run, run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir / "audit"
     out.mkdir(parents=True, exist_ok=True)
+    train_set = build_splits(run.config.data).train
+    noise_on = str(run.config.data.noise.level) != "none"
 
-    model = run.model.eval()
-    train_set = run.splits.train
     ledger = envelope.ledger.detach().cpu().double().numpy()
-    rows, cases = [], []
-    totals = {"excluded": [], "noisy": [], "clean": []}
-    order = np.argsort(-ledger, kind="stable")
-    rank_of = np.empty(len(ledger), dtype=np.int64)
-    rank_of[np.argsort(ledger, kind="stable")] = np.arange(len(ledger))
-    hardest = set(order[:num_images].tolist())
-    with torch.no_grad():
-        for index in range(len(train_set)):
-            sample = train_set[index]
-            image = sample["image"].unsqueeze(0).float()
-            mask = sample["mask"].unsqueeze(0)
-            keep = envelope.export_keep_mask(model(image), mask)[0].cpu().numpy()
-            excluded = ~keep
-            noisy = sample["mask"].numpy()
-            clean = sample["clean_mask"].numpy()
-            totals["excluded"].append(excluded)
-            totals["noisy"].append(noisy)
-            totals["clean"].append(clean)
+    hardest_first = np.argsort(-ledger, kind="stable")
+    rank = np.empty(len(ledger), dtype=np.int64)  # 0 = easiest, as the envelope counts
+    rank[np.argsort(ledger, kind="stable")] = np.arange(len(ledger))
+    drawn = {int(index): position for position, index in enumerate(hardest_first[:num_images])}
+    rows, cases, pooled_parts = [], [None] * len(drawn), []
+    for batch in predict(run.model, train_set, return_logits=True):
+        keep = envelope.export_keep_mask(batch["logits"], batch["mask"])
+        for row, index in enumerate(batch["index"].tolist()):
+            excluded = ~keep[row].numpy()
+            noisy, clean = batch["mask"][row].numpy(), batch["clean_mask"][row].numpy()
             rates = exclusion_hit_rates(excluded, noisy, clean)
-            rows.append({"index": index, "case_id": sample["case_id"], "ledger_loss": float(ledger[index]),
-                         "rank": int(rank_of[index]), "excluded_pixels": rates.excluded,
+            pooled_parts.append((excluded, noisy, clean))
+            rows.append({"index": index, "case_id": batch["case_id"][row], "ledger_loss": float(ledger[index]),
+                         "rank": int(rank[index]), "excluded_pixels": rates.excluded,
                          "noise_changed_pixels": rates.changed, "hits": rates.hits})
-            if index in hardest:
-                cases.append({"order": int(np.where(order == index)[0][0]), "image": sample["image"][0].numpy(),
-                              "mask": noisy, "excluded": excluded,
-                              "clean_mask": clean if rates.changed or _noise_on(run) else None,
-                              "label": f"{sample['case_id']}\nrank {rank_of[index] + 1}/{len(ledger)}, "
-                                       f"loss {ledger[index]:.3f}"})
-    cases.sort(key=lambda case: case["order"])
-    noise_on = _noise_on(run)
-    pooled = (exclusion_hit_rates(np.concatenate([e.ravel() for e in totals["excluded"]]),
-                                  np.concatenate([n.ravel() for n in totals["noisy"]]),
-                                  np.concatenate([c.ravel() for c in totals["clean"]])) if noise_on else None)
-    title = f"Annotation audit of {run_dir.name}: the {len(cases)} training images the envelope ranked hardest"
+            if index in drawn:
+                cases[drawn[index]] = {
+                    "image": batch["image"][row, 0].numpy(), "mask": noisy, "excluded": excluded,
+                    "clean_mask": clean if noise_on else None,
+                    "label": f"{batch['case_id'][row]}\nrank {rank[index] + 1} of {len(ledger)}\n"
+                             f"loss {ledger[index]:.3f}"}
+    pooled = None
+    if noise_on:
+        pooled = exclusion_hit_rates(*(np.concatenate([part[i].ravel() for part in pooled_parts]) for i in range(3)))
+    title = f"Annotation audit of {run_dir}: the {len(drawn)} training images the envelope ranked hardest"
     if pooled is not None:
-        title += (f"\nexcluded pixels hit noise-changed pixels with precision {pooled.precision:.2f} "
-                  f"(chance {pooled.chance_precision:.2f}), recall {pooled.recall:.2f}")
-    sheet = draw_audit_sheet(cases, out / "audit.png", title)
+        title += (f"\nexcluded pixels hit the pixels the noise changed with precision {pooled.precision:.2f} "
+                  f"(chance {pooled.chance_precision:.2f}) and recall {pooled.recall:.2f}")
+    sheet = draw_audit_sheet([case for case in cases if case is not None], out / "audit.png", title)
+    rows.sort(key=lambda row: -row["ledger_loss"])
     table = out / "audit.csv"
     with open(table, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
-        writer.writerows(sorted(rows, key=lambda row: -row["ledger_loss"]))
+        writer.writerows(rows)
     summary = out / "audit.json"
-    hardest_rows = [row for row in sorted(rows, key=lambda row: -row["ledger_loss"])[:num_images]]
-    summary.write_text(json.dumps({"run": str(run_dir), "noise": noise_on,
+    summary.write_text(json.dumps({"run": str(run_dir), "noise": str(run.config.data.noise.level),
                                    "hit_rates": asdict(pooled) if pooled is not None else None,
-                                   "hardest": hardest_rows}, indent=2, default=float))
-    return AuditResult(sheet=sheet, table=table, summary=summary, hit_rates=pooled, hardest=hardest_rows)
+                                   "hardest": rows[:num_images]}, indent=2))
+    return AuditResult(sheet=sheet, table=table, summary=summary, hit_rates=pooled, hardest=rows[:num_images])
 
 
 def _envelope_of(run: Any, run_dir: Path) -> Any:
@@ -237,10 +231,6 @@ def _envelope_of(run: Any, run_dir: Path) -> Any:
     envelope = getattr(run, "envelope", None)
     if not isinstance(envelope, TopKBottomSigma):
         raise ValueError(f"Expected `run` to be a run trained with the envelope (TopKBottomSigma), but got "
-                         f"{run_dir} trained without it: there are no ranks or excluded pixels to audit. "
+                         f"{run_dir}, trained without the envelope: there are no ranks or excluded pixels to audit. "
                          f"Train with an envelope preset (for example --set envelope.preset=paper_best).")
     return envelope
-
-
-def _noise_on(run: Any) -> bool:
-    return str(run.config.data.noise.level) != "none"

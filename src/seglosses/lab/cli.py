@@ -32,14 +32,15 @@ DEMO_CONFIGURATIONS = {
 
 DEMO_BASE: dict[str, Any] = {
     "data": {"name": "hc18_demo", "image_size": [64, 96], "split_seed": 0, "noise": {"level": "moderate", "seed": 0}},
-    "model": {"name": "basic_unet", "options": {"features": [8, 8, 16, 32, 64, 8]}},
+    "model": {"name": "unet", "options": {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1}},
     "loss": {"name": "dice_ce"},
     "optim": {"lr": 3e-3},
     "train": {"epochs": 16, "batch_size": 8, "device": "cpu", "progress": False, "val_every": 2},
 }
-"""The demo's run config: the packaged HC18 subset at 64x96 under moderate simulated noise, a small BasicUNet."""
+"""The demo's run config: the packaged HC18 subset at 64x96 under moderate simulated noise, a small MONAI UNet."""
 
-DEMO_SMOKE = ["train.epochs=2", "data.image_size=[32,48]", "data.max_train=16", "data.max_val=4", "data.max_test=4"]
+DEMO_SMOKE = ["train.epochs=2", "data.image_size=[32,48]", "data.max_train=16", "data.max_val=4", "data.max_test=4",
+              "model.options.channels=[4,8,16,32]"]
 """Overrides of the hidden ``demo --smoke`` flag (the test suite's seconds-long demo)."""
 
 
@@ -116,17 +117,33 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
+    import math
 
-    _, train_module = _lab_imports()
-    run = Path(args.run)
-    if not (run / "config.yaml").is_file():
-        raise UsageError(f"{run} is not a run folder (no config.yaml).")
-    results = train_module.evaluate_run(run, split=args.split, checkpoint=args.checkpoint)
-    out = Path(args.out) if args.out else run / f"evaluate_{args.split}_{Path(args.checkpoint).stem}.json"
-    out.write_text(json.dumps(results, indent=2, default=float))
-    summary = {key: value for key, value in results.items() if isinstance(value, (int, float))}
-    for key, value in summary.items():
-        print(f"{key:>12}: {value:.4f}")
+    from seglosses.lab.data import build_splits
+    from seglosses.lab.train import TEST_METRICS, evaluate, load_run
+
+    run_dir = Path(args.run)
+    if not (run_dir / "last.pt").is_file():
+        raise UsageError(f"{run_dir} is not a run folder with a checkpoint (no last.pt).")
+    run = load_run(run_dir, which=args.checkpoint)
+    splits = build_splits(run.config.data)
+    dataset = getattr(splits, args.split)
+    scores, _ = evaluate(run.model, dataset, num_classes=splits.num_classes, eval_unit=splits.eval_unit,
+                         metrics=TEST_METRICS, nsd_tolerance=run.config.train.nsd_tolerance)
+    class_names = list(splits.class_names)[1:]  # the metrics leave out the background
+    results: dict[str, Any] = {"run": str(run_dir), "split": args.split, "checkpoint": args.checkpoint,
+                               "epoch": run.epoch, "units": len(dataset)}
+    for name in TEST_METRICS:
+        value = float(scores[name])
+        results[name] = None if math.isnan(value) else value
+        results.setdefault("per_class", {})[name] = {
+            cls: (None if math.isnan(float(v)) else float(v)) for cls, v in zip(class_names, scores[f"{name}/class"],
+                                                                                   strict=True)}
+    out = Path(args.out) if args.out else run_dir / f"evaluate_{args.split}_{args.checkpoint}.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"{run_dir}, {args.checkpoint} model (epoch {run.epoch}) on the {args.split} split ({len(dataset)} units):")
+    for name in TEST_METRICS:
+        print(f"  {name:>9}: {'n/a' if results[name] is None else f'{results[name]:.4f}'}")
     print(f"written: {out}")
     return 0
 
@@ -229,7 +246,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     rows = [[row["config"], f"{row['dice_mean']:.3f}", f"{row['hd95_mean']:.2f}", f"{row['time_mean']:.0f}",
              "" if row["config"] == spec.baseline else f"{row['dice_difference']:+.3f} (p {row['p_value']:.2g})"]
             for row in summary["summary"]]
-    _print_table(["configuration", "test Dice", "HD95 (mm)", "train time (s)", "vs ERM (Wilcoxon)"], rows)
+    _print_table(["configuration", "test Dice", f"HD95 ({summary['unit']})", "train time (s)", "vs ERM (Wilcoxon)"],
+                 rows)
     described = "; ".join(f"{name}: {' '.join(overrides)}" for name, overrides in spec.configurations.items())
     print(f"\nconfigurations (base loss {spec.base.loss.name}): {described}")
     print(f"report: {summary['report']}  (one report per run beside it, and an annotation audit for the "
@@ -270,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    description="Evaluate a checkpoint of a run folder on one of its splits.")
     evaluate.add_argument("run", metavar="RUN", help="a run folder")
     evaluate.add_argument("--split", choices=("train", "val", "test"), default="test")
-    evaluate.add_argument("--checkpoint", default="best.pt", help="best.pt, last.pt or a path (default best.pt)")
+    evaluate.add_argument("--checkpoint", choices=("selected", "best", "last"), default="selected",
+                          help="the model the run selected for testing (default), the best validation one, or the last")
     evaluate.add_argument("--out", metavar="FILE", help="where to write the metrics JSON")
     evaluate.set_defaults(handler=cmd_evaluate)
 

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from seglosses.lab.config import RunConfig, apply_overrides, config_diff, config_from_dict, load_config
-from seglosses.lab.report import read_per_image, write_compare_report
+from seglosses.lab.report import distance_unit, read_per_image, write_compare_report
 
 __all__ = ["Cell", "GridSpec", "grid_cells", "load_grid", "paired_test", "run_grid", "summarise_grid"]
 
@@ -250,13 +250,15 @@ def summarise_grid(spec: GridSpec, cells: Sequence[Cell] | None = None) -> dict[
     missing = [cell for cell in cells if cell not in finished]
     per_image: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     times: dict[tuple[str, str, int], float] = {}
+    units: set[str] = set()
     all_rows = []
     for cell in finished:
         rows = read_per_image(cell.run_dir / "per_image.csv")
         per_image[(cell.configuration, cell.noise, cell.seed)] = rows
         results_path = cell.run_dir / "results.json"
-        times[(cell.configuration, cell.noise, cell.seed)] = (
-            train_seconds(json.loads(results_path.read_text())) if results_path.is_file() else math.nan)
+        results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+        times[(cell.configuration, cell.noise, cell.seed)] = train_seconds(results)
+        units.add(distance_unit(results))
         all_rows += [{"config": cell.configuration, "noise": cell.noise, "seed": cell.seed, **row} for row in rows]
 
     def seed_mean_units(config: str, noise: str, metric: str) -> dict[str, float]:
@@ -289,9 +291,10 @@ def summarise_grid(spec: GridSpec, cells: Sequence[Cell] | None = None) -> dict[
     spec.out_dir.mkdir(parents=True, exist_ok=True)
     _write_rows(spec.out_dir / "summary.csv", summary)
     _write_rows(spec.out_dir / "per_image.csv", all_rows)
-    table = summary_table(summary, spec.baseline)
+    unit = units.pop() if len(units) == 1 else "mixed units"
+    table = summary_table(summary, spec.baseline, unit)
     (spec.out_dir / "table.md").write_text(table + "\n")
-    notes = [f"Mean ± standard deviation over seeds of each run's mean foreground test Dice and HD95 (mm; "
+    notes = [f"Mean ± standard deviation over seeds of each run's mean foreground test Dice and HD95 ({unit}; "
              f"images where HD95 is undefined are left out). ΔDice and p: against the baseline `{spec.baseline}` at "
              f"the same noise level, two-sided Wilcoxon signed-rank test over the test images, each image's "
              f"foreground Dice averaged over seeds (scipy.stats.wilcoxon). Per-image results: `per_image.csv`."]
@@ -300,8 +303,8 @@ def summarise_grid(spec: GridSpec, cells: Sequence[Cell] | None = None) -> dict[
     runs = [(f"{cell.configuration}, noise {cell.noise}, seed {cell.seed}",
              str((cell.run_dir / "report.md").relative_to(spec.out_dir)))
             for cell in finished if (cell.run_dir / "report.md").is_file()]
-    report = write_compare_report(spec.out_dir, summary, table, notes=notes, runs=runs) if summary else None
-    return {"summary": summary, "table": table, "report": report, "missing": missing}
+    report = write_compare_report(spec.out_dir, summary, table, notes=notes, runs=runs, unit=unit) if summary else None
+    return {"summary": summary, "table": table, "report": report, "missing": missing, "unit": unit}
 
 
 def _finite_mean(values: Any) -> float:
@@ -309,9 +312,9 @@ def _finite_mean(values: Any) -> float:
     return float(np.mean(finite)) if finite else math.nan
 
 
-def summary_table(summary: Sequence[Mapping[str, Any]], baseline: str | None) -> str:
+def summary_table(summary: Sequence[Mapping[str, Any]], baseline: str | None, unit: str = "mm") -> str:
     """The grid's results as a Markdown table (one row per configuration and noise level)."""
-    header = ["configuration", "noise", "runs", "Dice", "HD95 (mm)", "train time (s)", "ΔDice vs baseline",
+    header = ["configuration", "noise", "runs", "Dice", f"HD95 ({unit})", "train time (s)", "ΔDice vs baseline",
               "p (Wilcoxon)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in summary:
@@ -321,7 +324,7 @@ def summary_table(summary: Sequence[Mapping[str, Any]], baseline: str | None) ->
         p_value = "" if is_baseline else "n/a" if math.isnan(row["p_value"]) else f"{row['p_value']:.3g}"
         lines.append("| " + " | ".join([
             f"`{row['config']}`", row["noise"], str(row["runs"]), _pm(row["dice_mean"], row["dice_std"], 3),
-            _pm(row["hd95_mean"], row["hd95_std"], 2), _pm(row["time_mean"], row["time_std"], 0), difference,
+            _pm(row["hd95_mean"], row["hd95_std"], 2), _pm(row["time_mean"], row["time_std"], 1), difference,
             p_value]) + " |")
     return "\n".join(lines)
 

@@ -131,8 +131,23 @@ def plot_learning_curves(log: dict[str, np.ndarray], path: str | Path) -> Path:
     return _save(figure, Path(path))
 
 
-def plot_per_class(rows: list[dict[str, Any]], path: str | Path) -> Path:
-    """Per-class test metrics as bars (mean with std over test units); HD95 on its own axis."""
+def distance_unit(results: dict[str, Any] | None) -> str:
+    """"mm" or "px": the unit of the surface distances a ``results.json`` reports (its ``distances_in``).
+
+    Example:
+        >>> distance_unit({"distances_in": "pixels"}), distance_unit({"distances_in": "spacing units (mm)"})
+        ('px', 'mm')
+    """
+    return "px" if str((results or {}).get("distances_in", "pixels")).startswith("pixels") else "mm"
+
+
+def _run_distance_unit(run_dir: Path) -> str:
+    path = run_dir / "results.json"
+    return distance_unit(json.loads(path.read_text()) if path.is_file() else None)
+
+
+def plot_per_class(rows: list[dict[str, Any]], path: str | Path, unit: str = "mm") -> Path:
+    """Per-class test metrics as bars (mean with std over test units); HD95 and ASSD (in ``unit``) on their own axis."""
     plt = _pyplot()
     classes = list(dict.fromkeys(_class_key(row) for row in rows))
     metrics = _metric_names(rows)
@@ -140,7 +155,7 @@ def plot_per_class(rows: list[dict[str, Any]], path: str | Path) -> Path:
     distances = [name for name in ("hd95", "assd") if name in metrics]
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [2, 1]})
     width = 0.8 / max(len(classes), 1)
-    for axis, names, label in ((axes[0], overlap, "score"), (axes[1], distances, "distance (mm)")):
+    for axis, names, label in ((axes[0], overlap, "score"), (axes[1], distances, f"distance ({unit})")):
         positions = np.arange(len(names))
         for number, class_name in enumerate(classes):
             values = [[row[name] for row in rows if _class_key(row) == class_name] for name in names]
@@ -372,7 +387,8 @@ def _config_summary(run_dir: Path) -> list[str]:
             nested = {k: v for k, v in value.items() if isinstance(v, dict)}
             text = ", ".join(f"{k}={v}" for k, v in shown.items())
             for key, sub in nested.items():
-                text += f"; {key}: " + ", ".join(f"{k}={v}" for k, v in sub.items() if v is not None)
+                if sub:
+                    text += f"; {key}: " + ", ".join(f"{k}={v}" for k, v in sub.items() if v is not None)
             lines.append(f"- **{section}**: {text}")
         elif value is not None:
             lines.append(f"- **{section}**: {value}")
@@ -411,7 +427,7 @@ def write_report(run_dir: str | Path, images: bool = True) -> Path:
     """
     run_dir = Path(run_dir)
     plots = run_dir / "plots"
-    lines = [f"# Run report: {run_dir.name}", ""]
+    lines = [f"# Run report: {'/'.join(run_dir.resolve().parts[-3:])}", ""]
     lines += _config_summary(run_dir)
     lines.append("")
     summary = _results_summary(run_dir)
@@ -423,7 +439,7 @@ def write_report(run_dir: str | Path, images: bool = True) -> Path:
         lines += ["## Learning curves", "", "![learning curves](plots/learning_curves.png)", ""]
     rows = read_per_image(run_dir / "per_image.csv") if (run_dir / "per_image.csv").is_file() else []
     if rows:
-        plot_per_class(rows, plots / "per_class.png")
+        plot_per_class(rows, plots / "per_class.png", _run_distance_unit(run_dir))
         lines += ["## Per-class test metrics", "", _per_class_table(rows), "", "![per class](plots/per_class.png)", ""]
     epoch_files = _epoch_files(run_dir)
     if epoch_files or any(name.startswith("env_") for name in log):
@@ -446,31 +462,29 @@ def write_report(run_dir: str | Path, images: bool = True) -> Path:
 
 
 def _image_sections(run_dir: Path, rows: list[dict[str, Any]], plots: Path) -> list[str]:
+    from seglosses.lab.data import build_splits
     from seglosses.lab.train import load_run, predict
 
     run = load_run(run_dir)
+    splits = build_splits(run.config.data)
     lines = []
     picked = pick_best_median_worst(rows)
     if picked:
-        test_set = run.splits.test
-        cases = []
-        for which, index, case_id, dice in picked:
-            sample = test_set[index]
-            prediction = predict(run.model, sample["image"].unsqueeze(0))[0]
-            cases.append({"image": _display_image(sample["image"]), "clean_mask": _middle(sample["clean_mask"]),
-                          "prediction": _middle(prediction), "label": f"{which}: {case_id}\nDice {dice:.3f}"})
+        indices = [index for _, index, _, _ in picked]
+        batch = next(predict(run.model, splits.test, indices=indices, batch_size=len(indices)))
+        cases = [{"image": _display_image(batch["image"][row]), "clean_mask": _middle(batch["clean_mask"][row]),
+                  "prediction": _middle(batch["pred"][row]), "label": f"{which}: {case_id}\nDice {dice:.3f}"}
+                 for row, (which, _, case_id, dice) in enumerate(picked)]
         plot_overlays(cases, plots / "test_overlays.png", "Test cases with the best, median and worst Dice")
         lines += ["## Test overlays", "", "![overlays](plots/test_overlays.png)", ""]
-    train_set = run.splits.train
-    if str(run.config.data.noise.level) != "none" and len(train_set):
-        chosen = _pick_evenly(range(len(train_set)), 3)
+    level = str(run.config.data.noise.level)
+    if level != "none":
         cases = []
-        for index in chosen:
-            sample = train_set[index]
+        for index in _pick_evenly(range(len(splits.train)), 3):
+            sample = splits.train[index]
             cases.append({"image": _display_image(sample["image"]), "clean_mask": _middle(sample["clean_mask"]),
                           "mask": _middle(sample["mask"]), "label": str(sample["case_id"])})
-        plot_noise_examples(cases, plots / "noise_examples.png",
-                            f"Training annotations under '{run.config.data.noise.level}' simulated noise")
+        plot_noise_examples(cases, plots / "noise_examples.png", f"Training annotations under '{level}' simulated noise")
         lines += ["## Annotation noise (training split only)", "",
                   "Validation and test masks stay clean; these training images show what the model was trained on.",
                   "", "![noise](plots/noise_examples.png)", ""]
@@ -502,37 +516,53 @@ def _noise_sort_key(level: str) -> tuple[int, str]:
     return (NOISE_ORDER.index(level), level) if level in NOISE_ORDER else (len(NOISE_ORDER), level)
 
 
-def plot_compare(summary: list[dict[str, Any]], path: str | Path) -> Path:
-    """Dice and HD95 against the noise level, one line per configuration (mean, std over seeds as bars).
+def plot_compare(summary: list[dict[str, Any]], path: str | Path, unit: str = "mm") -> Path:
+    """Dice and HD95 per configuration: against the noise level (one line each), or as bars for one level.
+
+    Error bars are the standard deviation over seeds.
 
     Args:
         summary: rows with ``config``, ``noise``, ``dice_mean``, ``dice_std``, ``hd95_mean``, ``hd95_std``.
+        unit: the unit of HD95 ("mm" or "px").
     """
     plt = _pyplot()
     levels = sorted({row["noise"] for row in summary}, key=_noise_sort_key)
     configs = list(dict.fromkeys(row["config"] for row in summary))
+    colours = plt.cm.tab10(np.arange(len(configs)) % 10)
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    positions = np.arange(len(levels))
-    spread = 0.08 * (np.arange(len(configs)) - (len(configs) - 1) / 2)
-    for offset, config in zip(spread, configs, strict=False):
-        for axis, metric in zip(axes, ("dice", "hd95"), strict=False):
-            means, stds = [], []
-            for level in levels:
-                match = [row for row in summary if row["config"] == config and row["noise"] == level]
-                means.append(match[0][f"{metric}_mean"] if match else np.nan)
-                stds.append(match[0][f"{metric}_std"] if match else np.nan)
-            axis.errorbar(positions + offset, means, yerr=np.nan_to_num(stds), marker="o", capsize=3, label=config)
-    for axis, (name, unit) in zip(axes, (("Dice", "Dice (foreground mean)"), ("HD95", "HD95 (mm)")), strict=False):
-        axis.set_xticks(positions, levels)
-        axis.set(title=f"Test {name} against annotation noise", xlabel="simulated noise on the training masks",
-                 ylabel=unit)
-        axis.grid(alpha=0.3)
-    axes[0].legend(fontsize=8, title="configuration")
+
+    def value(config: str, level: str, key: str) -> float:
+        match = [row for row in summary if row["config"] == config and row["noise"] == level]
+        return match[0][key] if match else np.nan
+
+    for axis, metric, name, label in ((axes[0], "dice", "Dice", "Dice (foreground mean)"),
+                                      (axes[1], "hd95", "HD95", f"HD95 ({unit}), lower is better")):
+        if len(levels) == 1:
+            means = [value(config, levels[0], f"{metric}_mean") for config in configs]
+            stds = np.nan_to_num([value(config, levels[0], f"{metric}_std") for config in configs])
+            bars = axis.bar(np.arange(len(configs)), means, yerr=stds, capsize=4, color=colours)
+            axis.bar_label(bars, fmt="%.3f" if metric == "dice" else "%.2f", padding=3, fontsize=9)
+            axis.set_xticks(np.arange(len(configs)), configs, rotation=15)
+            axis.set(title=f"Test {name}, '{levels[0]}' noise on the training masks", ylabel=label)
+            if metric == "dice":
+                axis.set_ylim(0, 1.05)
+        else:
+            positions = np.arange(len(levels))
+            spread = 0.06 * (np.arange(len(configs)) - (len(configs) - 1) / 2)
+            for offset, colour, config in zip(spread, colours, configs, strict=True):
+                means = [value(config, level, f"{metric}_mean") for level in levels]
+                stds = np.nan_to_num([value(config, level, f"{metric}_std") for level in levels])
+                axis.errorbar(positions + offset, means, yerr=stds, marker="o", capsize=3, color=colour, label=config)
+            axis.set_xticks(positions, levels)
+            axis.set(title=f"Test {name} against annotation noise", xlabel="simulated noise on the training masks",
+                     ylabel=label)
+            axis.legend(fontsize=8, title="configuration")
+        axis.grid(axis="y", alpha=0.3)
     return _save(figure, Path(path))
 
 
 def write_compare_report(out_dir: str | Path, summary: list[dict[str, Any]], table_markdown: str,
-                         notes: Sequence[str] = (), runs: Sequence[tuple[str, str]] = ()) -> Path:
+                         notes: Sequence[str] = (), runs: Sequence[tuple[str, str]] = (), unit: str = "mm") -> Path:
     """Write ``report.md`` and ``plots/compare.png`` for a grid into ``out_dir``; returns the report's path.
 
     Args:
@@ -542,7 +572,7 @@ def write_compare_report(out_dir: str | Path, summary: list[dict[str, Any]], tab
         runs: (label, relative path of a run's report) to link.
     """
     out_dir = Path(out_dir)
-    plot_compare(summary, out_dir / "plots" / "compare.png")
+    plot_compare(summary, out_dir / "plots" / "compare.png", unit)
     lines = [f"# Comparison: {out_dir.name}", "", table_markdown, "", *[f"{note}\n" for note in notes],
              "![Dice and HD95 against noise](plots/compare.png)", ""]
     if runs:
