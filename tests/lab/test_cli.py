@@ -177,3 +177,23 @@ def test_demo_in_a_reduced_setting(tmp_path, capsys):
         assert json.loads((run / "results.json").read_text())
         assert (run / "plots" / "learning_curves.png").read_bytes()[:8] == PNG
         assert (run / "audit" / "audit.png").is_file() == (name != "erm_dice_ce")
+
+
+def test_the_packaged_demo_data():
+    """hc18_demo: 200 HC18 subjects inside the package, their attribution, pixel sizes, a split by subject."""
+    from seglosses.lab.data import DataConfig, build_splits, default_root
+
+    root = default_root("hc18_demo")
+    assert root.is_relative_to(ROOT / "src" / "seglosses" / "lab")
+    assert "CC BY 4.0" in (root.parent / "ATTRIBUTION.md").read_text()
+    images = sorted(path.name for path in (root / "images").glob("*.png"))
+    assert len(images) == 200 and images == sorted(path.name for path in (root / "masks").glob("*.png"))
+    with open(root / "pixel_size_and_hc.csv") as handle:
+        sizes = {row["filename"]: float(row["pixel_size_mm"]) for row in csv.DictReader(handle)}
+    assert sorted(sizes) == images and all(0.2 < size < 2.5 for size in sizes.values())
+    splits = build_splits(DataConfig("hc18_demo"))
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (140, 20, 40)
+    cases = [{splits_part[i]["case_id"] for i in range(len(splits_part))}
+             for splits_part in (splits.train, splits.val, splits.test)]
+    assert not (cases[0] & cases[1]) and not (cases[0] & cases[2]) and not (cases[1] & cases[2])
+    assert tuple(splits.train[0]["image"].shape) == (1, 108, 160)

@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 from seglosses._checks import check_number, check_type, fail
 from seglosses.lab.noise import NoiseConfig, dice_agreement, homogenise, simulate_noise
 
-DATASET_NAMES = ("hc18", "fuseg", "acdc", "folder", "nifti")
+DATASET_NAMES = ("hc18", "hc18_demo", "fuseg", "acdc", "folder", "nifti")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -452,7 +452,12 @@ def _write_noise_csv(path: Path, dataset: SegmentationDataset) -> None:
 
 
 def default_root(name: str) -> Path:
-    """``$SEGLOSSES_DATA/<name>`` when set, else ``../shared/data/<name>`` beside the repository checkout."""
+    """``$SEGLOSSES_DATA/<name>`` when set, else ``../shared/data/<name>`` beside the repository checkout.
+
+    ``hc18_demo`` is the HC18 subset that ships inside the package (``lab/demo_data/hc18``, CC BY 4.0).
+    """
+    if name == "hc18_demo":
+        return Path(__file__).resolve().parent / "demo_data" / "hc18"
     if os.environ.get("SEGLOSSES_DATA"):
         return Path(os.environ["SEGLOSSES_DATA"]) / name
     return Path(__file__).resolve().parents[4] / "shared" / "data" / name
@@ -509,7 +514,7 @@ def _build_hc18(config: DataConfig, root: Path) -> tuple[dict[str, list[SampleRe
     return splits, PairedFileReader(2, 1, (0, 255)), info
 
 
-_BUILDERS = {"hc18": _build_hc18}
+_BUILDERS = {"hc18": _build_hc18, "hc18_demo": _build_hc18}
 
 
 def build_splits(config: DataConfig, out_dir: str | Path | None = None) -> DataSplits:
