@@ -36,6 +36,17 @@ train: {epochs: 2, batch_size: 4, device: cpu, progress: false, out_dir: OUT}
 """
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: these runs are tiny, and on a shared machine a second thread only waits."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _tiny_config(tmp_path: Path, name: str = "run.yaml", out: str = "run") -> Path:
     path = tmp_path / name
     path.write_text(TINY_RUN.replace("OUT", str(tmp_path / out)))
@@ -139,8 +150,8 @@ def test_compare_resumes_a_half_finished_grid(tmp_path, capsys, monkeypatch):
                     "set: [train.epochs=1]\n")
     trained = []
     real = cli._train_and_report
-    monkeypatch.setattr(cli, "_train_and_report", lambda config: (trained.append(config.train.out_dir),
-                                                                  real(config))[1])
+    monkeypatch.setattr(cli, "_train_and_report", lambda config, resume: (trained.append(config.train.out_dir),
+                                                                          real(config, resume))[1])
     assert main(["compare", "--config", str(grid)]) == 0
     assert len(trained) == 4
     table = (tmp_path / "grid" / "table.md").read_text()

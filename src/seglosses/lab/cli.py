@@ -35,7 +35,7 @@ DEMO_BASE: dict[str, Any] = {
     "model": {"name": "unet", "options": {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1}},
     "loss": {"name": "dice_ce"},
     "optim": {"lr": 3e-3},
-    "train": {"epochs": 16, "batch_size": 8, "device": "cpu", "progress": False, "val_every": 2},
+    "train": {"epochs": 30, "batch_size": 8, "device": "cpu", "progress": True, "val_every": 2},
 }
 """The demo's run config: the packaged HC18 subset at 64x96 under moderate simulated noise, a small MONAI UNet."""
 
@@ -51,22 +51,16 @@ class UsageError(Exception):
 # ---------------------------------------------------------------------------------------- helpers
 
 
-def _lab_imports():
-    """The runner's modules, imported when a command needs them (``seglosses losses`` stays fast)."""
-    from seglosses.lab import config, train
-
-    return config, train
-
-
 def _run_config(path: str, overrides: Sequence[str]):
-    config_module, _ = _lab_imports()
-    config = config_module.load_config(path)
-    return config_module.apply_overrides(config, list(overrides))
+    from seglosses.lab.config import apply_overrides, load_config
+
+    return apply_overrides(load_config(path), list(overrides))
 
 
 def _prepare_out_dir(out_dir: Path, config: Any, *, resume: bool, overwrite: bool) -> None:
     """Refuse a folder holding another run (or anything else) unless --resume or --overwrite says what to do."""
-    config_module, _ = _lab_imports()
+    from seglosses.lab.config import config_diff, load_config
+
     if not out_dir.exists() or not any(out_dir.iterdir()):
         if resume:
             raise UsageError(f"--resume: there is no run to resume in {out_dir}.")
@@ -80,7 +74,7 @@ def _prepare_out_dir(out_dir: Path, config: Any, *, resume: bool, overwrite: boo
         return
     if resume:
         return
-    differences = config_module.config_diff(config_module.load_config(saved), config)
+    differences = config_diff(load_config(saved), config)
     state = "finished" if (out_dir / "results.json").is_file() else "unfinished"
     if differences:
         shown = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in list(differences.items())[:4])
@@ -103,16 +97,20 @@ def _print_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from seglosses.lab.report import write_report
+    from seglosses.lab.train import train
 
     config = _run_config(args.config, args.set)
     out_dir = Path(config.train.out_dir)
     _prepare_out_dir(out_dir, config, resume=args.resume, overwrite=args.overwrite)
-    _, train_module = _lab_imports()
-    result = train_module.train(config, resume=args.resume)
+    result = train(config, resume=args.resume)
+    if result.interrupted:
+        print(f"stopped; continue with: seglosses train --config {args.config} --resume "
+              + " ".join(f"--set {override}" for override in args.set), file=sys.stderr)
+        return 130
     report = write_report(out_dir)
     print(f"results: {out_dir / 'results.json'}")
     print(f"report:  {report}")
-    return 0 if result is not None else 1
+    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -162,11 +160,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_and_report(config: Any) -> Any:
+def _train_and_report(config: Any, resume: bool = False) -> Any:
     from seglosses.lab.report import write_report
 
-    _, train_module = _lab_imports()
-    result = train_module.train(config)
+    from seglosses.lab.train import train
+
+    result = train(config, resume=resume)
+    if result.interrupted:  # Ctrl-C or SIGTERM: stop the whole grid; running it again resumes
+        raise KeyboardInterrupt
     write_report(config.train.out_dir)
     return result
 

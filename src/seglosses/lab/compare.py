@@ -13,8 +13,9 @@ A grid file (YAML or TOML) names a base run config and the axes::
     baseline: dice_ce            # the configuration every other one is tested against
     set: [train.epochs=20]       # overrides for every run
 
-A cell whose folder holds ``results.json`` of the same config is finished and skipped, so running
-the grid again resumes it. The summary is the mean and standard deviation over seeds of each run's
+A cell whose folder holds ``results.json`` of the same config is finished and skipped, and one
+interrupted mid-training resumes from its ``last.pt``, so running the grid again resumes it. The
+summary is the mean and standard deviation over seeds of each run's
 mean foreground Dice and HD95 and its training time, and a paired test against the baseline at the
 same noise level: the Wilcoxon signed-rank test (two-sided, ``scipy.stats.wilcoxon``) over the test
 images, pairing each image's foreground Dice averaged over seeds.
@@ -170,19 +171,32 @@ def grid_cells(spec: GridSpec) -> list[Cell]:
     return cells
 
 
-def run_grid(spec: GridSpec, train: Callable[[RunConfig], Any], log: Callable[[str], None] = print) -> list[Cell]:
-    """Train every unfinished cell (finished ones are skipped; a half-written folder starts again)."""
+def run_grid(spec: GridSpec, train: Callable[..., Any], log: Callable[[str], None] = print) -> list[Cell]:
+    """Train every unfinished cell: finished ones are skipped, an interrupted one (its ``last.pt`` of the same
+    config) resumes, anything else in a cell's folder is replaced.
+
+    Args:
+        train: called as ``train(config, resume=bool)`` for each cell to train.
+    """
     cells = grid_cells(spec)
     for number, cell in enumerate(cells, start=1):
         label = f"[{number}/{len(cells)}] {cell.configuration}, noise {cell.noise}, seed {cell.seed}"
         if cell.finished:
             log(f"{label}: finished, skipped ({cell.run_dir})")
             continue
-        if cell.run_dir.exists():
+        resume = _resumable(cell)
+        if cell.run_dir.exists() and not resume:
             shutil.rmtree(cell.run_dir)
-        log(f"{label}: training into {cell.run_dir}")
-        train(cell.config)
+        log(f"{label}: {'resuming' if resume else 'training'} into {cell.run_dir}")
+        train(cell.config, resume=resume)
     return cells
+
+
+def _resumable(cell: Cell) -> bool:
+    saved = cell.run_dir / "config.yaml"
+    if not (cell.run_dir / "last.pt").is_file() or not saved.is_file():
+        return False
+    return not config_diff(load_config(saved), cell.config)
 
 
 def _foreground(row: Mapping[str, Any]) -> bool:
