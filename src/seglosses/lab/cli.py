@@ -162,7 +162,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def _train_and_report(config: Any, resume: bool = False) -> Any:
     from seglosses.lab.report import write_report
-
     from seglosses.lab.train import train
 
     result = train(config, resume=resume)

@@ -484,7 +484,8 @@ def _image_sections(run_dir: Path, rows: list[dict[str, Any]], plots: Path) -> l
             sample = splits.train[index]
             cases.append({"image": _display_image(sample["image"]), "clean_mask": _middle(sample["clean_mask"]),
                           "mask": _middle(sample["mask"]), "label": str(sample["case_id"])})
-        plot_noise_examples(cases, plots / "noise_examples.png", f"Training annotations under '{level}' simulated noise")
+        title = f"Training annotations under '{level}' simulated noise"
+        plot_noise_examples(cases, plots / "noise_examples.png", title)
         lines += ["## Annotation noise (training split only)", "",
                   "Validation and test masks stay clean; these training images show what the model was trained on.",
                   "", "![noise](plots/noise_examples.png)", ""]
