@@ -35,7 +35,7 @@ DEMO_BASE: dict[str, Any] = {
     "model": {"name": "unet", "options": {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1}},
     "loss": {"name": "dice_ce"},
     "optim": {"lr": 3e-3},
-    "train": {"epochs": 30, "batch_size": 8, "device": "cpu", "progress": True, "val_every": 2},
+    "train": {"epochs": 20, "batch_size": 8, "device": "cpu", "progress": True, "val_every": 2},
 }
 """The demo's run config: the packaged HC18 subset at 64x96 under moderate simulated noise, a small MONAI UNet."""
 
