@@ -292,6 +292,20 @@ def test_noise_only_on_the_training_split_and_recorded(data_dir, tmp_path):
     assert torch.equal(again.train[2]["mask"], splits.train[2]["mask"])
 
 
+def test_multiclass_noise_on_acdc_training_slices(data_dir, tmp_path):
+    config = DataConfig("acdc", root=str(data_dir / "acdc"), image_size=(64, 64), max_train=8, max_val=1, max_test=1,
+                        noise=NoiseConfig("severe", swap_probability=0.5, seed=2))
+    splits = build_splits(config, out_dir=tmp_path)
+    rows = _read_csv(tmp_path / "noise.csv")
+    assert len(rows) == 8 and any("swap(" in row["operations"] for row in rows)
+    for row in rows:
+        sample = splits.train[int(row["index"])]
+        assert sample["mask"].dtype == torch.int64 and int(sample["mask"].max()) <= 3
+        assert float(row["dice_noisy_clean"]) == pytest.approx(
+            dice_agreement(sample["mask"].numpy(), sample["clean_mask"].numpy(), 4), abs=1e-6)
+    assert all(torch.equal(splits.val[i]["mask"], splits.val[i]["clean_mask"]) for i in range(len(splits.val)))
+
+
 def test_homogenisation_alters_images_of_every_split(data_dir):
     base = dict(root=str(data_dir / "hc18"), image_size=(48, 48), max_train=2, max_val=1, max_test=1)
     plain = build_splits(DataConfig("hc18", **base))
