@@ -644,6 +644,14 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}f}"
 
 
+def _gist(message: str) -> str:
+    """The "but got ..." part of a config error (the list of valid keys is long)."""
+    if " but got " not in message:
+        return message
+    got = message.split(" but got ", 1)[1]
+    return "got " + got.split(" (in ", 1)[0].split(". ", 1)[0]
+
+
 def _markdown(summary: dict[str, Any]) -> str:
     run = summary["run"]
     lines = [f"# Accuracy study: `{summary['schedule']}`", "", summary["about"], "",
@@ -694,7 +702,8 @@ def _markdown(summary: dict[str, Any]) -> str:
                          f"{_fmt(seen['exclusion_recall'], 3)} | {_fmt(seen['ledger_spearman'], 3)} |")
     if summary["not_available"]:
         lines += ["", "## Not available in this build", ""]
-        lines += [f"- `{name}`: {why}" for name, why in summary["not_available"].items()]
+        lines += ["The config check refused these configurations (full messages in summary.json):", ""]
+        lines += [f"- `{name}`: {_gist(why)}" for name, why in summary["not_available"].items()]
     return "\n".join(lines) + "\n"
 
 
