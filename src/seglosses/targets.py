@@ -136,10 +136,13 @@ def prepare(
 
     Args:
         logits: (B, C, H, W) or (B, C, D, H, W) raw scores (never probabilities).
-        target: integer labels (B, *S) or (B, 1, *S); or a dense one-hot / soft target (B, C, *S)
-            with values in [0, 1]. Binary mode takes labels in {0, 1}; multilabel mode needs a
-            dense target.
-        mode: "multiclass", "binary" or "multilabel"; inferred from C when None.
+        target: integer labels (B, *S) or (B, 1, *S), also as a float tensor whose values are
+            whole numbers (what MONAI's ``LoadImaged`` yields); or a dense one-hot / soft target
+            (B, C, *S) with values in [0, 1]. Binary mode takes labels in {0, 1}; multilabel mode
+            needs a dense target.
+        mode: "multiclass", "binary" or "multilabel"; inferred from C when None. A dense target
+            with C > 1 and no ``mode`` must sum to one over the channels at every counted pixel
+            (a multi-hot target is refused with a pointer to ``mode="multilabel"``).
         ignore_index: label value whose pixels count for nothing (value and gradient). For a dense
             target, a pixel is ignored when any of its channels equals ``ignore_index``.
 
@@ -164,37 +167,41 @@ def prepare(
     if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
         fail("ignore_index", "an int or None", repr(ignore_index), TypeError)
     num_classes = logits.shape[1]
+    mode_given = mode is not None
     mode = infer_mode(num_classes, mode)
     batch, spatial = logits.shape[0], tuple(logits.shape[2:])
     dtype = compute_dtype(logits)
     logits = logits.to(dtype)
 
     if target.ndim == logits.ndim and target.shape[1] == 1 and num_classes > 1:
-        if target.is_floating_point():
-            fail("target", f"integer labels when it has one channel and the logits have {num_classes}",
-                 f"dtype {target.dtype}", TypeError)
-        target = target[:, 0]
+        target = target[:, 0]  # (B, 1, *S) labels
     if target.ndim == logits.ndim - 1:
         return _from_labels(logits, target, mode, ignore_index, batch, spatial)
     if tuple(target.shape) != tuple(logits.shape):
         fail("target", f"of shape {(batch, *spatial)} (labels) or {tuple(logits.shape)} (dense)",
              f"shape {tuple(target.shape)}")
-    return _from_dense(logits, target, mode, ignore_index)
+    return _from_dense(logits, target, mode, ignore_index, sums_to_one=not mode_given and num_classes > 1)
 
 
 def _from_labels(logits, labels, mode, ignore_index, batch, spatial) -> Prepared:
     if tuple(labels.shape) != (batch, *spatial):
         fail("target", f"integer labels of shape {(batch, *spatial)}", f"shape {tuple(labels.shape)}")
-    if labels.is_floating_point() or labels.is_complex():
+    if labels.is_complex():
         fail("target", "integer labels (or a dense float target of shape (B, C, *S))",
              f"dtype {labels.dtype}", TypeError)
     if mode == "multilabel":
         fail("target", "a dense (B, C, *S) target in multilabel mode", f"labels of shape {tuple(labels.shape)}")
+    whole = None
+    if labels.is_floating_point():  # float label maps (MONAI's LoadImaged) count when every value is whole
+        whole = ((labels - labels.round()) == 0).all() if value_checks_enabled() else None  # NaN, inf: not whole
+        labels = labels.round()  # NaN and infinities are caught by the value check (not whole)
+        if not value_checks_enabled():
+            labels = labels.nan_to_num(0.0, 0.0, 0.0)
     labels = labels.long()
     num_labels = 2 if mode == "binary" else logits.shape[1]
     ignored = labels == ignore_index if ignore_index is not None else None
     if value_checks_enabled():
-        _check_values(logits, labels, 0, num_labels - 1, ignored)
+        _check_values(logits, labels, 0, num_labels - 1, ignored, whole=whole)
     valid = None
     if ignored is not None:
         valid = (~ignored).to(logits.dtype)
@@ -205,7 +212,7 @@ def _from_labels(logits, labels, mode, ignore_index, batch, spatial) -> Prepared
     return Prepared(logits, None, valid, mode, labels=labels)
 
 
-def _from_dense(logits, target, mode, ignore_index) -> Prepared:
+def _from_dense(logits, target, mode, ignore_index, sums_to_one: bool) -> Prepared:
     if target.is_complex():
         fail("target", "a real tensor", f"dtype {target.dtype}", TypeError)
     if ignore_index in (0, 1):  # 0 and 1 are target values: every one-hot pixel would be ignored
@@ -213,7 +220,8 @@ def _from_dense(logits, target, mode, ignore_index) -> Prepared:
     ignored = (target == ignore_index).any(dim=1) if ignore_index is not None else None
     target = target.to(logits.dtype)
     if value_checks_enabled():
-        _check_values(logits, target, 0, 1, None if ignored is None else ignored.unsqueeze(1))
+        ignored_channels = None if ignored is None else ignored.unsqueeze(1)
+        _check_values(logits, target, 0, 1, ignored_channels, sums_to_one=sums_to_one)
     valid = None
     if ignored is not None:
         valid = (~ignored).to(logits.dtype)
@@ -221,24 +229,55 @@ def _from_dense(logits, target, mode, ignore_index) -> Prepared:
     return Prepared(logits, target, valid, mode)
 
 
-def _check_values(logits: Tensor, target: Tensor, low: float, high: float, ignored: Tensor | None) -> None:
+# How far the channels of a dense multiclass target may sum from one (float16 soft labels round).
+SUM_TOLERANCE = 1e-3
+
+
+def _check_values(
+    logits: Tensor,
+    target: Tensor,
+    low: float,
+    high: float,
+    ignored: Tensor | None,
+    *,
+    whole: Tensor | None = None,
+    sums_to_one: bool = False,
+) -> None:
     """Finite logits and target values in [low, high] (or ignored), in one host sync.
 
     The fast path reads two reductions that allocate nothing: the sum of the logits is finite
     when every logit is (an overflow only sends us to the exact check), and the target's min/max.
+    ``whole``: float labels were whole numbers (checked in the same sync). ``sums_to_one``: a
+    dense target's channels sum to one at every pixel that is not ignored (mode inferred, C > 1).
     """
     with torch.no_grad():
         smallest, largest = torch.aminmax(target)
         logit_sum = logits.detach().sum()
         fine = torch.isfinite(logit_sum) & (smallest >= low) & (largest <= high)
+        if whole is not None:
+            fine &= whole
+        sums_off = None
+        if sums_to_one:
+            off_one = (target.sum(dim=1) - 1.0).abs() > SUM_TOLERANCE
+            if ignored is not None:
+                off_one &= ~ignored[:, 0]
+            sums_off = off_one.any()
+            fine &= ~sums_off
         if bool(fine):
             return
         if not bool(torch.isfinite(logits).all()):
             fail("logits", "finite (no NaN or infinity)", "non-finite values")
+        if whole is not None and not bool(whole):
+            fail("target", "labels with whole-number values (a float label map must hold class indices)",
+                 "fractional or non-finite values; for soft targets pass a dense (B, C, *S) tensor")
         outside = (target < low) | (target > high) | target.isnan()
         if ignored is not None:
             outside &= ~ignored
         if not bool(outside.any()):
+            if sums_off is not None and bool(sums_off):
+                fail("target", "a dense target whose channels sum to one at every pixel when `mode` is not "
+                     "given (C > 1 reads as multiclass softmax)",
+                     "channel sums other than one; for overlapping (multi-hot) labels pass mode='multilabel'")
             return
     bad = target[outside].unique()[:8].tolist()
     extra = " or the ignore_index" if ignored is not None else ""

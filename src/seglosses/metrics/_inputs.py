@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from seglosses._checks import check_number, check_one_of, check_type, fail, value_checks_enabled
+from seglosses._checks import check_number, check_one_of, check_type, describe, fail, value_checks_enabled
 
 Average = Literal["none", "class", "macro", "micro"]
 EmptyMode = Literal["strict", "transunet_compat"]
@@ -23,12 +23,6 @@ EMPTY_MODES: tuple[str, ...] = ("strict", "transunet_compat")
 EMPTY_DISTANCES: tuple[str, ...] = ("nan", "diag")
 PERCENTILE_MODES: tuple[str, ...] = ("pooled", "max")
 ASSD_MODES: tuple[str, ...] = ("pooled", "mean")
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, Tensor):
-        return f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
-    return repr(value)
 
 
 def check_num_classes(num_classes: Any) -> int:
@@ -47,7 +41,7 @@ def check_label_maps(pred: Any, target: Any, num_classes: Any) -> None:
             fail(
                 name,
                 "an integer label map of shape (B, *S) (see `as_labels` for logits)",
-                _describe(labels),
+                describe(labels),
                 TypeError,
             )
         if labels.ndim not in (3, 4):
@@ -103,7 +97,7 @@ def resolve_spacing(spacing: Any, batch_size: int, spatial_dims: int) -> np.ndar
             except (TypeError, ValueError):
                 fail("spacing", expected, repr(spacing), TypeError)
         else:
-            fail("spacing", expected, f"{type(spacing).__name__} {_describe(spacing)}", TypeError)
+            fail("spacing", expected, f"{type(spacing).__name__} {describe(spacing)}", TypeError)
         if values.shape == (spatial_dims,):
             table = np.broadcast_to(values, (batch_size, spatial_dims)).copy()
         elif values.shape == (batch_size, spatial_dims):
@@ -154,7 +148,7 @@ def resolve_tolerance(tolerance: Any, num_classes: int) -> np.ndarray:
         if values.shape != (num_classes,):
             fail("tolerance", expected, f"{len(values)} values")
     else:
-        fail("tolerance", expected, _describe(tolerance), TypeError)
+        fail("tolerance", expected, describe(tolerance), TypeError)
     if not (np.isfinite(values).all() and (values >= 0).all()):
         fail("tolerance", expected, values.tolist())
     return values
@@ -186,7 +180,7 @@ def as_labels(logits: Tensor) -> Tensor:
     """
     check_type("logits", logits, Tensor)
     if not logits.is_floating_point():
-        fail("logits", "a floating-point tensor of shape (B, C, *S)", _describe(logits), TypeError)
+        fail("logits", "a floating-point tensor of shape (B, C, *S)", describe(logits), TypeError)
     if logits.ndim not in (4, 5):
         fail("logits", "of shape (B, C, H, W) or (B, C, D, H, W)", f"shape {tuple(logits.shape)}")
     if logits.shape[1] == 1:
