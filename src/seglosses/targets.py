@@ -125,6 +125,33 @@ def compute_dtype(logits: Tensor) -> torch.dtype:
     return torch.float64 if logits.dtype == torch.float64 else torch.float32
 
 
+def check_logits(logits: object) -> Tensor:
+    """``logits`` is a non-empty floating-point (B, C, H, W) or (B, C, D, H, W) tensor (checks no values).
+
+    The first check of every entry point, so that any other object gets a clear error before its
+    shape is read. A list or tuple of outputs (a deeply supervised network) is pointed to
+    :class:`seglosses.DeepSupervision`.
+
+    Example:
+        >>> check_logits(torch.zeros(1, 2, 4, 4)).shape
+        torch.Size([1, 2, 4, 4])
+        >>> try:
+        ...     check_logits([torch.zeros(1, 2, 4, 4), torch.zeros(1, 2, 2, 2)])
+        ... except TypeError as error:
+        ...     print("seglosses.DeepSupervision(loss)" in str(error))
+        True
+    """
+    if isinstance(logits, (list, tuple)):
+        fail("logits", "a tensor (B, C, *S); the outputs of a deeply supervised network go through "
+             "seglosses.DeepSupervision(loss)", f"a {type(logits).__name__} of {len(logits)} items", TypeError)
+    check_floating("logits", logits)
+    if logits.ndim not in (4, 5):
+        fail("logits", "of shape (B, C, H, W) or (B, C, D, H, W)", f"shape {tuple(logits.shape)}")
+    if logits.shape[0] == 0 or logits.shape[1] == 0 or logits[0, 0].numel() == 0:
+        fail("logits", "non-empty in every dimension", f"shape {tuple(logits.shape)}")
+    return logits
+
+
 def prepare(
     logits: Tensor,
     target: Tensor,
@@ -156,12 +183,11 @@ def prepare(
         >>> prepared.mode, tuple(prepared.target.shape)
         ('multiclass', (2, 3, 4, 4))
     """
-    check_floating("logits", logits)
+    check_logits(logits)
+    if isinstance(target, (list, tuple)):
+        fail("target", "a tensor; a list of targets (deep supervision) goes through seglosses.DeepSupervision(loss)",
+             f"a {type(target).__name__} of {len(target)} items", TypeError)
     check_tensor("target", target)
-    if logits.ndim not in (4, 5):
-        fail("logits", "of shape (B, C, H, W) or (B, C, D, H, W)", f"shape {tuple(logits.shape)}")
-    if logits.shape[0] == 0 or logits.shape[1] == 0 or logits[0, 0].numel() == 0:
-        fail("logits", "non-empty in every dimension", f"shape {tuple(logits.shape)}")
     if target.device != logits.device:
         fail("target", f"on the device of `logits` ({logits.device})", target.device)
     if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
