@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from seglosses._checks import check_class_weights, check_number, check_one_of, check_type, fail
-from seglosses.base import Loss, Weighted, reduce_images
+from seglosses.base import Loss, Weighted, check_shared_options, reduce_images
 from seglosses.blocks import (
     class_average_weights,
     cross_entropy_map,
@@ -77,7 +77,7 @@ class _NamedSum(Weighted):
     """A named weighted sum whose terms are built from its options, stored like any loss's options."""
 
     def __init__(self, terms: Sequence[tuple[float, Loss]], reduction: str, **options) -> None:
-        _check_mode_option(options.get("mode"), type(self).modes)
+        check_shared_options(type(self).__name__, type(self).modes, options)
         super().__init__(terms, reduction)
         self.options = options
 
@@ -1008,6 +1008,9 @@ class HybridFocalLoss(_NamedSum):
         reduction: str = "mean",
     ) -> None:
         check_number("focal_weight", focal_weight, low=0.0, high=1.0)
+        check_number("focal_gamma", focal_gamma, low=0.0)
+        check_number("tversky_gamma", tversky_gamma, low=0.0, low_inclusive=False)
+        check_shared_options(type(self).__name__, type(self).modes, {"mode": mode, "focal_alpha": focal_alpha})
         focal = FocalLoss(gamma=focal_gamma, alpha=focal_alpha, mode=mode, ignore_index=ignore_index)
         focal_tversky = FocalTverskyLoss(fp_weight=fp_weight, fn_weight=fn_weight, gamma=tversky_gamma, mode=mode,
                                          include_background=include_background, class_weights=class_weights,
