@@ -301,3 +301,26 @@ def test_modes_a_loss_does_not_support_are_refused_at_construction():
 
     with pytest.raises(ValueError, match="`mode`"):
         create_loss("exp_log", mode="multilabel")
+
+
+# --------------------------------------------------------------------------- help() shows the real options
+
+
+def _documented_modules():
+    from seglosses import DeepSupervision, list_losses, loss_class
+
+    return [loss_class(name) for name in list_losses()] + [Weighted, DeepSupervision]
+
+
+@pytest.mark.parametrize("cls", _documented_modules(), ids=lambda cls: cls.__name__)
+def test_help_shows_the_options_not_torchs_defaults(cls):
+    import inspect
+    import pydoc
+
+    text = pydoc.render_doc(cls, renderer=pydoc.plaintext)
+    assert "Initialize internal Module state" not in text and "Define the computation" not in text
+    init_doc = inspect.getdoc(cls.__init__)
+    for option in inspect.signature(cls.__init__).parameters:
+        if option != "self":
+            assert option in init_doc, f"{cls.__name__}.__init__ does not describe `{option}`"
+    assert "logits" in inspect.getdoc(cls.forward)

@@ -14,7 +14,10 @@ Losses compose: ``0.3 * CrossEntropyLoss() + 0.7 * DiceLoss()`` is a :class:`Wei
 
 from __future__ import annotations
 
+import inspect
 import math
+import re
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -42,6 +45,45 @@ def reduce_images(per_image: Tensor, reduction: str) -> Tensor:
     if reduction == "sum":
         return per_image.sum()
     return per_image
+
+
+def _args_section(doc: str | None) -> list[str]:
+    """The entries of the "Args:" section of a Google-style docstring, as dedented lines."""
+    lines = inspect.cleandoc(doc or "").splitlines()
+    if "Args:" not in lines:
+        return []
+    section = []
+    for line in lines[lines.index("Args:") + 1 :]:
+        if line and not line.startswith(" "):
+            break
+        section.append(line)
+    return [line[4:] if line.startswith("    ") else line for line in section if line.strip()]
+
+
+def _named_function_doc(cls: type) -> str | None:
+    """The docstring of the function a class docstring names first ("Module form of :func:`name`")."""
+    match = re.search(r":func:`~?([\w.]+)`", cls.__doc__ or "")
+    if match is None:
+        return cls.__doc__
+    function = vars(sys.modules[cls.__module__]).get(match.group(1).rsplit(".", 1)[-1])
+    return getattr(function, "__doc__", None) or cls.__doc__
+
+
+def _init_doc(cls: type, init: Callable[..., Any]) -> str:
+    """A docstring for ``cls.__init__``: its options, described by the Args of the loss's function or class."""
+    options = [name for name in inspect.signature(init).parameters if name != "self"]
+    source = cls.function.__doc__ if cls.function is not None else _named_function_doc(cls)
+    entries, keep = [], False
+    for line in _args_section(source) or _args_section(cls.__doc__):
+        if not line.startswith(" "):  # a new entry: "name: ..." or "name, other: ..."
+            names = [n.strip() for n in line.split(":", 1)[0].split(",")]
+            keep = any(n in options for n in names)
+        if keep:
+            entries.append("    " + line)
+    described = {n.strip() for e in entries if not e.startswith("     ") for n in e.split(":", 1)[0].split(",")}
+    entries += [f"    {name}: see :class:`{cls.__name__}`." for name in options if name not in described]
+    summary = f"Build a {cls.__name__} from its options (keyword-only), checked here rather than at the first call."
+    return summary + "\n\nArgs:\n" + "\n".join(entries)
 
 
 def as_weight(name: str, weight: Any) -> float:
@@ -145,6 +187,13 @@ class Loss(nn.Module):
     function: ClassVar[Callable[..., Tensor] | None] = None
     pixel_function: ClassVar[Callable[..., Tensor] | None] = None
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Give a subclass's undocumented ``__init__`` the Args of its function, so that help() shows its options."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None and not init.__doc__:
+            init.__doc__ = _init_doc(cls, init)
+
     def __init__(self, reduction: str = "mean", **options: Any) -> None:
         """Store ``reduction`` and the loss's ``options`` after checking the options every loss shares."""
         super().__init__()
@@ -188,6 +237,16 @@ class Loss(nn.Module):
         return self.pixel_function(logits, target, **self.options)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        """The loss of ``logits`` against ``target``, reduced over images by the module's ``reduction``.
+
+        Args:
+            logits: (B, C, H, W) or (B, C, D, H, W) raw scores (never probabilities).
+            target: integer labels (B, *S) or (B, 1, *S) (whole-valued floats too), or a dense one-hot /
+                soft target (B, C, *S) with values in [0, 1] (mode "multilabel" for overlapping regions).
+
+        Returns:
+            A scalar for ``reduction`` "mean" or "sum", the (B,) per-image losses for "none".
+        """
         if self.function is None:
             return reduce_images(self.per_image(logits, target), self.reduction)
         self.check_mode(logits)  # through the function, which may take a faster path for its reduction

@@ -135,7 +135,9 @@ def dice_loss(
         squared: squared (V-Net) or linear denominator.
         batch: pool the counts over the batch (nnU-Net "batch Dice").
         mode: "multiclass", "binary" or "multilabel"; inferred from C when None.
-        include_background: count channel 0 in the class average.
+        include_background: count channel 0 in the class average (default True: a loss trains every
+            output channel, as MONAI's DiceLoss; the metrics leave the background out by default,
+            see :mod:`seglosses.metrics.overlap`).
         class_weights: (C,) weights of the class average.
         ignore_index: label whose pixels are ignored.
         eps: smoothing added to numerator and denominator (> 0).
