@@ -149,7 +149,7 @@ def check_shared_options(loss_name: str, modes: Any, options: dict[str, Any]) ->
             check_type(name, options[name], bool)
     if "eps" in options:
         check_number("eps", options["eps"], low=0.0, low_inclusive=False)
-    for name in ("class_weights", "alpha", "focal_alpha"):
+    for name in ("class_weights", "alpha", "focal_alpha", "pos_weight", "dice_class_weights"):
         weights = options.get(name)
         if weights is None or (name != "class_weights" and isinstance(weights, (int, float))):
             continue  # a scalar alpha is the loss's own option, checked by the loss
