@@ -1,7 +1,7 @@
 """seglosses: validated, fast segmentation losses, the Top-k / Bottom-all-but-sigma envelope and
 metrics for medical image segmentation in PyTorch."""
 
-from seglosses import blocks, compound, envelope, metrics, pixel, region
+from seglosses import blocks, compound, distance, envelope, metrics, pixel, region
 from seglosses._checks import set_value_checks, value_checks
 from seglosses.base import Loss, reduce_images
 from seglosses.compound import *  # noqa: F403
@@ -18,6 +18,7 @@ __all__ = [
     "DeepSupervision",
     "Loss",
     "blocks",
+    "distance",
     "create_loss",
     "deep_supervision_weights",
     "downsample_target",
