@@ -225,13 +225,13 @@ def _from_labels(logits, labels, mode, ignore_index, batch, spatial) -> Prepared
             labels = labels.nan_to_num(0.0, 0.0, 0.0)
     labels = labels.long()
     num_labels = 2 if mode == "binary" else logits.shape[1]
-    ignored = labels == ignore_index if ignore_index is not None else None
-    if value_checks_enabled():
-        _check_values(logits, labels, 0, num_labels - 1, ignored, whole=whole)
     valid = None
-    if ignored is not None:
+    if ignore_index is not None:
+        ignored = labels == ignore_index
         valid = (~ignored).to(logits.dtype)
-        labels = labels.masked_fill(ignored, 0)
+        labels = labels.masked_fill(ignored, 0)  # ignored pixels hold a valid label: the range check skips them
+    if value_checks_enabled():
+        _check_values(logits, labels, 0, num_labels - 1, None, whole=whole, ignore_index=ignore_index)
     if mode == "binary":
         target = labels.unsqueeze(1).to(logits.dtype)
         return Prepared(logits, target if valid is None else target * valid.unsqueeze(1), valid, mode)
@@ -268,18 +268,20 @@ def _check_values(
     *,
     whole: Tensor | None = None,
     sums_to_one: bool = False,
+    ignore_index: int | None = None,
 ) -> None:
     """Finite logits and target values in [low, high] (or ignored), in one host sync.
 
     The fast path reads two reductions that allocate nothing: the sum of the logits is finite
-    when every logit is (an overflow only sends us to the exact check), and the target's min/max.
-    ``whole``: float labels were whole numbers (checked in the same sync). ``sums_to_one``: a
-    dense target's channels sum to one at every pixel that is not ignored (mode inferred, C > 1).
+    when every logit is (an overflow only sends us to the exact check), and the target's range
+    (one pass on the CPU, see :func:`_labels_in_range`). ``whole``: float labels were whole
+    numbers (checked in the same sync). ``sums_to_one``: a dense target's channels sum to one at
+    every pixel that is not ignored (mode inferred, C > 1). ``ignore_index`` only names itself in
+    the error: integer labels arrive with their ignored pixels already set to a valid label.
     """
     with torch.no_grad():
-        smallest, largest = torch.aminmax(target)
         logit_sum = logits.detach().sum()
-        fine = torch.isfinite(logit_sum) & (smallest >= low) & (largest <= high)
+        fine = torch.isfinite(logit_sum) & _labels_in_range(target, low, high)
         if whole is not None:
             fine &= whole
         sums_off = None
@@ -291,7 +293,7 @@ def _check_values(
             fine &= ~sums_off
         if bool(fine):
             return
-        if not bool(torch.isfinite(logits).all()):
+        if not bool(torch.isfinite(logit_sum)) and not bool(torch.isfinite(logits).all()):
             fail("logits", "finite (no NaN or infinity)", "non-finite values")
         if whole is not None and not bool(whole):
             fail("target", "labels with whole-number values (a float label map must hold class indices)",
@@ -306,10 +308,23 @@ def _check_values(
                      "channel sums other than one; for overlapping (multi-hot) labels pass mode='multilabel'")
             return
     bad = target[outside].unique()[:8].tolist()
-    extra = " or the ignore_index" if ignored is not None else ""
+    extra = " or the ignore_index" if ignored is not None or ignore_index is not None else ""
     if target.is_floating_point():
         fail("target", f"a dense target with values in [{low}, {high}]{extra}", f"values {bad}")
     fail("target", f"labels in [{low}, {int(high)}]{extra}", f"label values {bad}")
+
+
+def _labels_in_range(target: Tensor, low: float, high: float) -> Tensor:
+    """A 0-d bool tensor: every value of ``target`` lies in [low, high].
+
+    Contiguous CPU integer labels with ``low == 0`` take one pass: seen as unsigned, a negative
+    label is huge, so ``max <= high`` checks both ends (half the time of ``aminmax``).
+    """
+    if target.device.type == "cpu" and low == 0 and not target.is_floating_point() and target.is_contiguous():
+        values = target.numpy()
+        return torch.tensor(bool(values.view(f"u{values.itemsize}").max() <= high))
+    smallest, largest = torch.aminmax(target)
+    return (smallest >= low) & (largest <= high)
 
 
 def one_hot(labels: Tensor, num_classes: int) -> Tensor:
