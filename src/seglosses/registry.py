@@ -98,7 +98,7 @@ def loss_options(name: str) -> list[str]:
 
     Example:
         >>> loss_options("cross_entropy")
-        ['mode', 'class_weights', 'ignore_index', 'reduction']
+        ['mode', 'class_weights', 'ignore_index', 'label_smoothing', 'pos_weight', 'reduction']
     """
     parameters = inspect.signature(loss_class(name).__init__).parameters.values()
     return [p.name for p in parameters if p.name != "self" and p.kind in _NAMED_KINDS]
@@ -114,7 +114,7 @@ def create_loss(name: str, **kwargs: Any):
 
     Example:
         >>> create_loss("dice", squared=False)
-        DiceLoss(squared=False, batch=False, include_background=True, eps=1e-05)
+        DiceLoss(squared=False, batch=False, include_background=True, eps=1e-05, average='macro', soft_label=False)
         >>> create_loss("dice", smooth_nr=1e-5)
         Traceback (most recent call last):
             ...
