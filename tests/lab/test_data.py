@@ -65,6 +65,13 @@ def test_hc18_frames_of_one_subject_share_a_split(data_dir):
     assert [r.name for r in other.test.refs] != [r.name for r in splits.test.refs]
 
 
+def test_packaged_hc18_demo_subset():
+    splits = build_splits(DataConfig("hc18_demo", image_size=(32, 48), max_train=2, max_val=1, max_test=1))
+    assert "demo_data" in splits.train.refs[0].image_path and splits.class_names == ["background", "head"]
+    sample = splits.test[0]
+    assert sample["image"].shape == (1, 32, 48) and sample["spacing"].shape == (2,)
+
+
 def test_each_image_is_resized_on_its_own(data_dir):
     # 24 HC18 images have other native sizes than 400x270; after resizing all share image_size
     config = DataConfig("hc18", root=str(data_dir / "hc18"), image_size=(40, 60))
@@ -290,6 +297,20 @@ def test_noise_only_on_the_training_split_and_recorded(data_dir, tmp_path):
         assert all(torch.equal(split[i]["mask"], split[i]["clean_mask"]) for i in range(len(split)))
     again = build_splits(config)
     assert torch.equal(again.train[2]["mask"], splits.train[2]["mask"])
+
+
+def test_multiclass_noise_on_acdc_training_slices(data_dir, tmp_path):
+    config = DataConfig("acdc", root=str(data_dir / "acdc"), image_size=(64, 64), max_train=8, max_val=1, max_test=1,
+                        noise=NoiseConfig("severe", swap_probability=0.5, seed=2))
+    splits = build_splits(config, out_dir=tmp_path)
+    rows = _read_csv(tmp_path / "noise.csv")
+    assert len(rows) == 8 and any("swap(" in row["operations"] for row in rows)
+    for row in rows:
+        sample = splits.train[int(row["index"])]
+        assert sample["mask"].dtype == torch.int64 and int(sample["mask"].max()) <= 3
+        assert float(row["dice_noisy_clean"]) == pytest.approx(
+            dice_agreement(sample["mask"].numpy(), sample["clean_mask"].numpy(), 4), abs=1e-6)
+    assert all(torch.equal(splits.val[i]["mask"], splits.val[i]["clean_mask"]) for i in range(len(splits.val)))
 
 
 def test_homogenisation_alters_images_of_every_split(data_dir):
