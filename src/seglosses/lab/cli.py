@@ -27,7 +27,7 @@ change this line when it does."""
 
 DEMO_CONFIGURATIONS = {
     "erm_dice_ce": ["envelope=none"],
-    "recommended": [f"envelope.preset={DEMO_RECOMMENDED_PRESET}"],
+    f"recommended_{DEMO_RECOMMENDED_PRESET}": [f"envelope.preset={DEMO_RECOMMENDED_PRESET}"],
     "paper_best": ["envelope.preset=paper_best"],
 }
 """The demo's three configurations: plain training, the recommended envelope and the paper's literal preset."""
