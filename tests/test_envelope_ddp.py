@@ -73,11 +73,20 @@ def _worker(rank, init_file, out_dir):
         result = {"trace": trace, "ledger": criterion.ledger.clone(), "scale": criterion.ledger_scale.clone(),
                   "params": [p.detach().clone() for p in model.parameters()]}
 
-        # Duplicates in the global batch (DistributedSampler padding) are averaged.
+        # Repeated indices in the global batch (DistributedSampler padding, samplers with replacement): the
+        # last occurrence in rank order wins, as in one process (test_envelope.py).
         duplicates = TopKBottomSigma("cross_entropy", 3, image_strategy="erm", smoothing="none")
         local = torch.tensor([1.0, 2.0]) if rank == 0 else torch.tensor([4.0, 3.0])
         duplicates.aggregate(local, torch.tensor([0, 1]) if rank == 0 else torch.tensor([1, 2]), epoch=1)
         result["duplicates"] = duplicates.ledger.clone()
+        # ... and each occurrence is weighted by its index's rank (a hard top-1 box over the ledger [1, 4, 3]).
+        top = TopKBottomSigma("cross_entropy", 3, image_strategy="atk", smoothing="none", top_fraction=0.34,
+                              first_selective_epoch=1, batch_norm="batch_mean")
+        top.ledger.copy_(torch.tensor([1.0, 4.0, 3.0], dtype=torch.float64))
+        top.aggregate(torch.tensor([2.0, 5.0]) if rank == 0 else torch.tensor([6.0, 3.0]),
+                      torch.tensor([0, 1]) if rank == 0 else torch.tensor([1, 2]), epoch=1)
+        result["top_weights"] = top.diagnostics.weights.clone()
+        result["top_ledger"] = top.ledger.clone()
         # Without indices an "erm" envelope still normalises by the global batch size (uneven shards).
         result["erm"] = duplicates.aggregate(torch.tensor([1.0, 2.0, 6.0]) if rank == 0 else torch.tensor([4.0]))
 
@@ -128,7 +137,9 @@ def test_two_processes_match_one_process_on_the_same_global_batches(tmp_path):
         torch.testing.assert_close(got, want.detach(), rtol=1e-9, atol=1e-12)
 
     for rank_result in ranks:
-        assert rank_result["duplicates"].tolist() == [1.0, 3.0, 3.0]
+        assert rank_result["duplicates"].tolist() == [1.0, 4.0, 3.0]
+        assert rank_result["top_ledger"].tolist() == [2.0, 6.0, 3.0]
         assert rank_result["resumed"].tolist() == [3.0, 3.0, 1.0, 2.0]
         assert rank_result["caught"]
     assert (ranks[0]["erm"] + ranks[1]["erm"]).item() / WORLD == pytest.approx((1 + 2 + 6 + 4) / 4)
+    assert ranks[0]["top_weights"].tolist() == [0.0, 1.0] and ranks[1]["top_weights"].tolist() == [1.0, 0.0]
