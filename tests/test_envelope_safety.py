@@ -5,6 +5,7 @@ top-exclusion box and IndexedDataset. Each test failed on the envelope before th
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -236,3 +237,232 @@ def test_negative_indices_are_refused_and_never_wrap_around():
         criterion.aggregate(torch.tensor([9.0, 9.0]), torch.tensor([3, -1]), epoch=2)
     assert criterion.ledger.tolist() == [1.0, 2.0, 3.0, 9.0]
     assert criterion.diagnostics.ranks.tolist() == [3, -1] and criterion.diagnostics.weights.tolist() == [1.0, 0.0]
+
+
+# --------------------------------------------------------------------------- item 2: a ledger that never fills
+
+
+def test_warns_once_when_an_epoch_after_the_first_selective_one_starts_with_unseen_images():
+    n, batch = 10, 4
+    criterion = TopKBottomSigma("cross_entropy", n, image_strategy="atk")
+    gen = torch.Generator().manual_seed(5)
+    logits, labels = torch.randn(n, 2, 4, 4, generator=gen), torch.randint(0, 2, (n, 4, 4), generator=gen)
+    caught = []
+    for epoch in range(1, 5):
+        with warnings.catch_warnings(record=True) as records:
+            warnings.simplefilter("always")
+            for start in range(0, n - n % batch, batch):  # drop_last=True with shuffle=False: 8 and 9 never come
+                indices = torch.arange(start, start + batch)
+                criterion(logits[indices], labels[indices], indices=indices, epoch=epoch)
+        caught.append([str(r.message) for r in records if issubclass(r.category, EnvelopeWarning)])
+    assert caught[0] == [] and caught[1] == [] and caught[3] == []
+    assert len(caught[2]) == 1
+    assert "Epoch 3 starts with 2 of the 10 ledger entries never written" in caught[2][0]
+    assert "drop_last=True with shuffle=False" in caught[2][0] and "num_images" in caught[2][0]
+    assert criterion.diagnostics.warmup  # still ERM, as the warning says
+
+
+def test_no_unfilled_warning_when_the_ledger_fills_in_epoch_one():
+    criterion = TopKBottomSigma("cross_entropy", 8, image_strategy="atk", top_fraction=0.5)
+    gen = torch.Generator().manual_seed(6)
+    logits, labels = torch.randn(8, 2, 4, 4, generator=gen), torch.randint(0, 2, (8, 4, 4), generator=gen)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EnvelopeWarning)
+        for epoch in range(1, 5):
+            for indices in torch.randperm(8, generator=gen).split(4):
+                criterion(logits[indices], labels[indices], indices=indices, epoch=epoch)
+
+
+# --------------------------------------------------------------------------- item 3: validation calls
+
+
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_no_grad_in_training_mode_records_nothing_warns_once_and_returns_the_base_mean(context):
+    criterion = TopKBottomSigma("ce_dice_pixel", 4, image_strategy="atk", pixel_strategy="bsigma")
+    gen = torch.Generator().manual_seed(7)
+    logits, labels = torch.randn(4, 3, 6, 6, generator=gen), torch.randint(0, 3, (4, 6, 6), generator=gen)
+    criterion(logits, labels, indices=torch.arange(4), epoch=1)
+    ledger = criterion.ledger.clone()
+    with pytest.warns(EnvelopeWarning, match=r"training mode under torch.no_grad\(\).*recorded nothing"):
+        with context():
+            loss = criterion(logits * 3, labels, indices=torch.arange(4), epoch=2)
+    assert torch.equal(criterion.ledger, ledger)
+    torch.testing.assert_close(loss, seglosses.create_loss("ce_dice_pixel")(logits * 3, labels))
+    assert not criterion.diagnostics.recorded and criterion.diagnostics.ranks.tolist() == [-1] * 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EnvelopeWarning)  # once only
+        with context():
+            criterion(logits, labels, indices=torch.arange(4), epoch=2)
+    assert torch.equal(criterion.ledger, ledger)
+
+
+# --------------------------------------------------------------------------- item 6: defaults and the collapse
+
+
+def test_the_default_envelope_is_erm_and_trains_exactly_like_its_base_loss():
+    gen = torch.Generator().manual_seed(8)
+    logits = torch.randn(4, 3, 6, 6, generator=gen)
+    labels = torch.randint(0, 3, (4, 6, 6), generator=gen)
+    base = seglosses.create_loss("ce_dice_pixel")
+    criterion = TopKBottomSigma(base, 4)
+    for epoch in (1, 2, 50):
+        chosen, reference = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+        loss = criterion(chosen, labels, indices=torch.arange(4), epoch=epoch)
+        expected = base.per_image(reference, labels).mean()
+        loss.backward()
+        expected.backward()
+        torch.testing.assert_close(loss, expected)
+        torch.testing.assert_close(chosen.grad, reference.grad)
+    readme = (__import__("pathlib").Path(__file__).resolve().parents[1] / "README.md").read_text()
+    example = readme.split("## The Top-k / Bottom-all-but-sigma envelope", 1)[1].split("```python\n", 1)[1]
+    assert "paper_best" not in example.split("```", 1)[0]
+
+
+def test_paper_best_warns_once_per_epoch_when_n_over_k_passes_the_bound():
+    n, batch = 40, 8
+    criterion = TopKBottomSigma.from_preset("paper_best", "cross_entropy", n, total_epochs=4)
+    gen = torch.Generator().manual_seed(9)
+    logits, labels = torch.randn(n, 2, 4, 4, generator=gen), torch.randint(0, 2, (n, 4, 4), generator=gen)
+    messages = {}
+    for epoch in range(1, 5):
+        with warnings.catch_warnings(record=True) as records:
+            warnings.simplefilter("always")
+            for indices in torch.randperm(n, generator=gen).split(batch):
+                criterion(logits[indices], labels[indices], indices=indices, epoch=epoch)
+        messages[epoch] = [str(r.message) for r in records if "max_grad_scale" in str(r.message)]
+    box = criterion.selection(4)
+    assert (box.k, box.alpha) == (2.0, 1.0) and box.n_over_k > 18  # about 20: alpha = 1 blurs the lower edge
+    assert messages[1] == [] and messages[2] == [] and messages[3] == []  # N/K = 1, 1, about 2.1
+    assert len(messages[4]) == 1 and f"N/K = {box.n_over_k:.1f} > max_grad_scale = 10" in messages[4][0]
+    assert "batches of 8 hold no weighted image" in messages[4][0]
+    quiet = TopKBottomSigma.from_preset("paper_best", "cross_entropy", n, total_epochs=4, max_grad_scale=math.inf)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EnvelopeWarning)
+        quiet.aggregate(torch.rand(n), torch.arange(n), epoch=1)
+        quiet.aggregate(torch.rand(n).sort().values[-8:], torch.arange(n - 8, n), epoch=4)
+
+
+# --------------------------------------------------------------------------- item 7: excluding the top
+
+
+def test_top_exclusion_leaves_the_hardest_images_out_of_the_box():
+    n = 20
+    criterion = TopKBottomSigma("cross_entropy", n, image_strategy="atk", top_fraction=0.25, top_exclusion=0.1)
+    assert criterion.selection(1)[:4] == (False, 20.0, 0.0, math.inf)  # ERM before first_selective_epoch
+    assert criterion.selection(2) == (True, 5.0, 13.0, math.inf, 5.0, 4.0)
+    losses = torch.arange(n, dtype=torch.float64)
+    criterion.aggregate(losses, torch.arange(n), epoch=1)
+    criterion.aggregate(losses, torch.arange(n), epoch=2)
+    assert criterion.diagnostics.weights.tolist() == [0.0] * 13 + [1.0] * 5 + [0.0] * 2
+    smooth = TopKBottomSigma("cross_entropy", n, image_strategy="atk", smoothing="sm", alpha_start=1.0,
+                             top_fraction=0.25, top_exclusion=0.1)
+    box = smooth.selection(2)
+    weights = smooth._weights(torch.arange(n), box)
+    assert weights[-1].item() < 0.2 < 0.8 < weights[15].item()  # the upper edge is smoothed too
+    assert box.K == pytest.approx(weights.sum().item())
+    with pytest.raises(ValueError, match="`top_exclusion`"):
+        TopKBottomSigma("cross_entropy", n, image_strategy=lambda e: (0.2, 0.1), top_exclusion=0.1).selection(2)
+    with pytest.raises(ValueError, match="`image_strategy`.*trimmed"):
+        TopKBottomSigma("cross_entropy", n, top_exclusion=0.1)
+
+
+def test_trimmed_preset_gives_mislabelled_images_at_the_top_of_the_ranking_no_weight():
+    """Whole-mask annotation errors rank at the top (issue 9 item 7): "trimmed" drops the hardest 5%."""
+    n = 40
+    gen = torch.Generator().manual_seed(10)
+    losses = torch.rand(n, generator=gen, dtype=torch.float64)
+    mislabelled = torch.tensor([11, 30])  # 5% of the set
+    losses[mislabelled] += 5.0  # a wholly wrong mask: no pixel selection can rescue it
+    criterion = TopKBottomSigma.from_preset("trimmed", "cross_entropy", n)
+    criterion.aggregate(losses, torch.arange(n), epoch=1)
+    assert criterion.diagnostics.weights.tolist() == [1.0] * n  # epoch 1 is ERM
+    loss = criterion.aggregate(losses, torch.arange(n), epoch=2)
+    weights = criterion.diagnostics.weights
+    clean = torch.ones(n, dtype=torch.bool)
+    clean[mislabelled] = False
+    assert weights[mislabelled].tolist() == [0.0, 0.0] and weights[clean].tolist() == [1.0] * (n - 2)
+    assert criterion.diagnostics.K == 38.0
+    assert loss.item() == pytest.approx((losses * weights).sum().item() / 38.0)
+
+
+# --------------------------------------------------------------------------- item 8: any dataset, any sample form
+
+
+def test_indexed_dataset_adds_the_index_to_tuple_dict_list_and_plain_samples():
+    pairs = torch.utils.data.TensorDataset(torch.zeros(5, 1, 2, 2), torch.ones(5, 2, 2))
+    image, mask, index = IndexedDataset(pairs)[3]
+    assert index == 3 and image.shape == (1, 2, 2) and mask.shape == (2, 2)
+    dicts = IndexedDataset([{"image": torch.zeros(1, 2, 2), "label": torch.zeros(2, 2)} for _ in range(5)])
+    assert dicts[4]["index"] == 4 and set(dicts[4]) == {"image", "label", "index"}
+    batch = next(iter(torch.utils.data.DataLoader(dicts, batch_size=5)))
+    assert batch["index"].tolist() == [0, 1, 2, 3, 4] and batch["index"].dtype == torch.int64
+    crops = IndexedDataset([[{"image": 1}, {"image": 2}]])[0]
+    assert crops == [{"image": 1, "index": 0}, {"image": 2, "index": 0}]
+    assert IndexedDataset([torch.zeros(2)])[0][1] == 0
+    assert IndexedDataset([[1, 2]])[0] == [1, 2, 0] and len(IndexedDataset(pairs)) == 5
+    assert IndexedDataset(dicts.dataset, key="sample_index")[1]["sample_index"] == 1
+    with pytest.raises(ValueError, match=r"`dataset` to be samples without a 'index' entry"):
+        IndexedDataset([{"index": 7}])[0]
+    with pytest.raises(TypeError, match="`dataset`"):
+        IndexedDataset(5)
+
+
+def test_indexed_dataset_wraps_a_monai_dict_dataset():
+    monai_data = pytest.importorskip("monai.data")
+    items = [{"image": torch.full((1, 4, 4), float(i)), "label": torch.zeros(4, 4, dtype=torch.long)} for i in range(6)]
+    dataset = IndexedDataset(monai_data.Dataset(items))
+    loader = monai_data.DataLoader(dataset, batch_size=3, shuffle=True,
+                                   generator=torch.Generator().manual_seed(0))
+    criterion = TopKBottomSigma.from_preset("bsigma_class", "cross_entropy", len(dataset))
+    model = torch.nn.Conv2d(1, 2, 1)
+    for epoch in (1, 2):
+        for batch in loader:
+            assert torch.equal(batch["image"][:, 0, 0, 0].long(), batch["index"])
+            criterion(model(batch["image"]), batch["label"], indices=batch["index"], epoch=epoch).backward()
+    assert torch.isfinite(criterion.ledger).all()
+
+
+# --------------------------------------------------------------------------- item 9: host syncs
+
+
+class HostReads:
+    """Counts the calls that read a tensor value back to the host (a sync on an accelerator)."""
+
+    METHODS = ("__bool__", "__int__", "__float__", "__index__", "item", "tolist", "nonzero", "unique")
+
+    def __init__(self, monkeypatch):
+        self.count = 0
+        for name in self.METHODS:
+            original = getattr(torch.Tensor, name)
+            monkeypatch.setattr(torch.Tensor, name, self._counted(original))
+        for name in ("nonzero", "unique", "equal"):
+            monkeypatch.setattr(torch, name, self._counted(getattr(torch, name)))
+
+    def _counted(self, original):
+        def counted(*args, **kwargs):
+            self.count += 1
+            return original(*args, **kwargs)
+
+        return counted
+
+
+@pytest.mark.parametrize("options", [
+    {"image_strategy": "atk", "top_fraction": 0.5, "pixel_strategy": "bsigma"},
+    {"image_strategy": "atk_down", "smoothing": "sm_up", "total_epochs": 4, "pixel_strategy": "bsigma",
+     "pixel_groups": "image", "batch_norm": "selected_mean", "end_fraction": 0.5},
+    {"image_strategy": "atk", "top_fraction": 0.5, "staleness": "relative"},
+])
+def test_a_training_call_after_warm_up_reads_nothing_back_with_value_checks_off(options, monkeypatch):
+    """What the docs claim for an accelerator (rank_method="count" is its default): no host sync."""
+    gen = torch.Generator().manual_seed(11)
+    logits, labels = torch.randn(8, 3, 6, 6, generator=gen), torch.randint(0, 3, (8, 6, 6), generator=gen)
+    criterion = TopKBottomSigma("ce_dice_pixel", 8, rank_method="count", **options)
+    criterion(logits, labels, indices=torch.arange(8), epoch=1)  # fills the ledger (reads while filling)
+    criterion(logits[:4], labels[:4], indices=torch.arange(4), epoch=3)  # the epoch's first call may warn
+    monkeypatch.setattr(TopKBottomSigma, "_reads_are_free", lambda self: False)  # as on an accelerator
+    reads = HostReads(monkeypatch)
+    with seglosses.value_checks(False):
+        loss = criterion(logits[4:], labels[4:], indices=torch.tensor([4, 5, 5, 7]), epoch=3)
+        loss.backward() if loss.requires_grad else None
+    assert reads.count == 0
+    assert criterion.diagnostics.recorded and criterion.diagnostics.ranks.min() >= 0

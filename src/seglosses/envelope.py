@@ -1450,8 +1450,7 @@ class TopKBottomSigma(nn.Module):
             fail("indices", f"of shape ({batch},), one per image of the batch", f"shape {tuple(indices.shape)}")
         indices = indices.to(device=self.ledger.device, dtype=torch.int64)
         if value_checks_enabled():
-            low, high = torch.aminmax(indices)
-            low, high = int(low), int(high)
+            low, high = torch.stack(torch.aminmax(indices)).tolist()  # one host sync
             if low < 0 or high >= self.num_images:
                 bad = low if low < 0 else high
                 hint = (" (is num_images the dataset length?)" if bad >= self.num_images
@@ -1576,12 +1575,16 @@ class TopKBottomSigma(nn.Module):
                 f"hold no weighted image (loss 0, no gradient). paper_best ends like this and lost 7-18 Dice points "
                 f"to ERM in this project's runs (docs/envelope.md); consider a larger end_fraction or top_fraction, "
                 f"min_weight > 0 or batch_norm='batch_mean'."))
-        if "weightless" not in self._epoch_warned and (self.ledger.device.type == "cpu" or value_checks_enabled()):
+        if "weightless" not in self._epoch_warned and self._reads_are_free():
             if bool(weightless):
                 self._warn_this_epoch("weightless", (
                     f"Epoch {epoch}: every image of a batch of {batch} weighs < 1e-8 (ranked outside the box "
                     f"k = {box.k:.1f}, i0 = {box.i0:.1f}): its loss is 0 and it carries no gradient. Warned once per "
                     f"epoch; diagnostics.weightless flags each such batch."))
+
+    def _reads_are_free(self) -> bool:
+        """Whether reading a value back costs nothing extra: a CPU ledger, or value checks on (they sync anyway)."""
+        return self.ledger.device.type == "cpu" or value_checks_enabled()
 
     def _weightless_probability(self, box: EnvelopeSelection, batch: int) -> float:
         """About how often a batch drawn uniformly holds only images weighing < 1e-8 (with replacement)."""
