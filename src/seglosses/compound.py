@@ -1,8 +1,9 @@
 r"""Compound losses: weighted sums of losses, and the named compounds of the literature.
 
-:class:`Weighted` is the one composition mechanism: ``0.3 * CrossEntropyLoss() + 0.7 * DiceLoss()``
-builds one. It has a per-pixel form exactly when every term has one. The compounds that are plain
-weighted sums of library losses (:class:`DiceCELoss`, :class:`DiceFocalLoss`, :class:`HybridFocalLoss`)
+:class:`~seglosses.base.Weighted` (defined beside :class:`~seglosses.base.Loss`) is the one
+composition mechanism: ``0.3 * CrossEntropyLoss() + 0.7 * DiceLoss()`` builds one. It has a per-pixel
+form exactly when every term has one. The compounds that are plain weighted sums of library losses
+(:class:`DiceCELoss`, :class:`DiceFocalLoss`, :class:`HybridFocalLoss`)
 are :class:`Weighted` subclasses that build their terms from their options. Combo, exponential
 logarithmic, Unified Focal, TopK Dice and the CE + per-pixel Dice loss of the envelope mix their
 parts inside one function.
@@ -22,37 +23,27 @@ through the origin: the value still reaches 0 and the gradient stays finite.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Collection, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from seglosses._checks import check_class_weights, check_number, check_one_of, check_type, fail
-from seglosses.base import Loss, reduce_images
-from seglosses.pixel import (
-    CrossEntropyLoss,
-    FocalLoss,
-    _cross_entropy_map,
-    _focal_map,
-    cross_entropy_per_pixel,
-    focal_loss,
-    focal_loss_per_pixel,
-    pixel_cross_entropy,
-)
-from seglosses.region import (
-    DiceLoss,
-    FocalTverskyLoss,
-    _dice_counts,
-    _dice_parts,
-    _setup,
+from seglosses.base import Loss, Weighted, reduce_images
+from seglosses.blocks import (
     class_average_weights,
-    dice_loss_per_pixel,
-    focal_tversky_loss,
+    cross_entropy_map,
+    dice_error_maps,
+    dice_error_sums,
+    focal_map,
+    pixel_cross_entropy,
+    prepare_class_average,
     ratio_per_image,
     ratio_per_pixel,
 )
+from seglosses.pixel import CrossEntropyLoss, FocalLoss, cross_entropy_per_pixel, focal_loss, focal_loss_per_pixel
+from seglosses.region import DiceLoss, FocalTverskyLoss, dice_loss_per_pixel, focal_tversky_loss
 from seglosses.registry import register_loss
 from seglosses.targets import MODES, Prepared, prepare
 
@@ -80,87 +71,6 @@ __all__ = [
     "topk_dice_loss",
     "unified_focal_loss",
 ]
-
-class Weighted(Loss):
-    r"""Weighted sum of losses, :math:`L = \sum_k w_k L_k`, at every granularity.
-
-    Args:
-        terms: a sequence of ``(weight, loss)`` pairs; weights are finite floats (negative allowed).
-        reduction: "mean", "sum" or "none" over images.
-
-    Example:
-        >>> from seglosses.pixel import CrossEntropyLoss
-        >>> from seglosses.region import DiceLoss
-        >>> loss = 0.3 * CrossEntropyLoss() + 0.7 * DiceLoss()
-        >>> [round(w, 2) for w in loss.weights], loss.has_per_pixel
-        ([0.3, 0.7], True)
-    """
-
-    def __init__(self, terms: Sequence[tuple[float, Loss]], reduction: str = "mean") -> None:
-        super().__init__(reduction)
-        check_type("terms", terms, (list, tuple))
-        if len(terms) == 0:
-            fail("terms", "a non-empty sequence of (weight, loss) pairs", "an empty sequence")
-        weights, losses = [], []
-        for position, term in enumerate(terms):
-            if not isinstance(term, (tuple, list)) or len(term) != 2:
-                fail(f"terms[{position}]", "a (weight, loss) pair", repr(term), TypeError)
-            weight, loss = term
-            check_type(f"terms[{position}] weight", weight, (int, float))
-            if not math.isfinite(weight):
-                fail(f"terms[{position}] weight", "finite", weight)
-            check_type(f"terms[{position}] loss", loss, Loss)
-            weights.append(float(weight))
-            losses.append(loss)
-        self.weights = weights
-        self.losses = nn.ModuleList(losses)
-
-    @classmethod
-    def of(cls, loss: Loss) -> Weighted:
-        """``loss`` itself when it is already a sum of terms, else a one-term sum with its reduction."""
-        return loss if isinstance(loss, Weighted) else cls([(1.0, loss)], loss.reduction)
-
-    @property
-    def terms(self) -> list[tuple[float, Loss]]:
-        return list(zip(self.weights, self.losses, strict=True))
-
-    @property
-    def has_per_pixel(self) -> bool:  # type: ignore[override]
-        return all(loss.has_per_pixel for loss in self.losses)
-
-    @property
-    def modes(self) -> tuple[str, ...]:  # type: ignore[override]
-        return tuple(m for m in self.losses[0].modes if all(m in loss.modes for loss in self.losses))
-
-    @property
-    def ignore_index(self) -> int | None:
-        return self.losses[0].ignore_index
-
-    @property
-    def mode(self) -> str | None:
-        return self.losses[0].mode
-
-    def per_image(self, logits: Tensor, target: Tensor) -> Tensor:
-        return sum(w * loss.per_image(logits, target) for w, loss in self.terms)
-
-    def per_pixel(self, logits: Tensor, target: Tensor) -> Tensor:
-        missing = [type(loss).__name__ for loss in self.losses if not loss.has_per_pixel]
-        if missing:
-            raise TypeError(f"`Weighted` has no per-pixel form: its terms {missing} have none.")
-        return sum(w * loss.per_pixel(logits, target) for w, loss in self.terms)
-
-    def __add__(self, other: Loss) -> Weighted:
-        check_type("other", other, Loss)
-        return Weighted(self.terms + Weighted.of(other).terms, self.reduction)
-
-    def __mul__(self, weight: float) -> Weighted:
-        check_type("weight", weight, (int, float))
-        return Weighted([(weight * w, loss) for w, loss in self.terms], self.reduction)
-
-    __rmul__ = __mul__
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{w:g}" for w in self.weights)
 
 
 class _NamedSum(Weighted):
@@ -244,8 +154,8 @@ def _check_lambda(name: str, value: float) -> float:
 def _prepared_dice(logits, target, squared, batch, mode, include_background, ignore_index, eps):
     """The prepared inputs and the per-image Dice loss: Dice + X compounds prepare their inputs once."""
     check_type("batch", batch, bool)
-    prepared, eps, weights = _setup(logits, target, mode, ignore_index, include_background, None, eps)
-    excess, denominator = _dice_counts(prepared, squared)
+    prepared, eps, weights = prepare_class_average(logits, target, mode, ignore_index, include_background, None, eps)
+    excess, denominator = dice_error_sums(prepared, squared)
     return prepared, ratio_per_image(excess, denominator, weights, batch=batch, eps=eps)
 
 
@@ -298,7 +208,7 @@ def dice_ce_loss(
         True
     """
     prepared, dice = _prepared_dice(logits, target, squared, batch, mode, include_background, ignore_index, eps)
-    ce = prepared.image_mean(_cross_entropy_map(prepared, class_weights))
+    ce = prepared.image_mean(cross_entropy_map(prepared, class_weights))
     return reduce_images(_check_lambda("lambda_dice", lambda_dice) * dice + _check_lambda("lambda_ce", lambda_ce) * ce,
                          reduction)
 
@@ -438,7 +348,7 @@ def dice_focal_loss(
         True
     """
     prepared, dice = _prepared_dice(logits, target, squared, batch, mode, include_background, ignore_index, eps)
-    focal = prepared.image_mean(_focal_map(prepared, gamma, alpha))
+    focal = prepared.image_mean(focal_map(prepared, gamma, alpha))
     weighted = _check_lambda("lambda_dice", lambda_dice) * dice + _check_lambda("lambda_focal", lambda_focal) * focal
     return reduce_images(weighted, reduction)
 
@@ -551,10 +461,10 @@ def _combo_terms(prepared: Prepared, alpha, beta, include_background, class_weig
     bce = -(beta * target * log_probs + (1.0 - beta) * (1.0 - target) * log_complement)
     bce_map = prepared.mask((bce * _per_class(weights, bce)).sum(dim=1))
     if per_pixel:
-        errors, denominator = _dice_parts(prepared, squared=False)
+        errors, denominator = dice_error_maps(prepared, squared=False)
         dice_map = ratio_per_pixel(errors, denominator, weights, prepared, batch=False, eps=eps)
         return alpha * bce_map + (1.0 - alpha) * dice_map
-    excess, denominator = _dice_counts(prepared, squared=False)
+    excess, denominator = dice_error_sums(prepared, squared=False)
     dice = ratio_per_image(excess, denominator, weights, batch=False, eps=eps)
     return alpha * prepared.image_mean(bce_map) + (1.0 - alpha) * dice
 
@@ -1274,7 +1184,7 @@ def _dice_decomposition(prepared: Prepared, decomposition: str, eps: float) -> T
     num_classes = prepared.num_classes
     if decomposition in ("error", "error_linear"):
         uniform = prepared.logits.new_full((num_classes,), 1.0 / num_classes)
-        errors, denominator = _dice_parts(prepared, squared=decomposition == "error")
+        errors, denominator = dice_error_maps(prepared, squared=decomposition == "error")
         return ratio_per_pixel(errors, denominator, uniform, prepared, batch=False, eps=eps)
     probs, target = prepared.mask(prepared.probs()), prepared.target
     denominator = _per_class(_spatial_sum(probs * probs) + _spatial_sum(target * target) + eps, probs)

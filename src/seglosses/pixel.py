@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from seglosses._checks import check_class_weights, check_number, check_type, fail
+from seglosses._checks import check_class_weights, check_number, check_type
 from seglosses.base import Loss, reduce_images
+from seglosses.blocks import cross_entropy_map, focal_map, pixel_cross_entropy
 from seglosses.registry import register_loss
 from seglosses.targets import Prepared, prepare
 
@@ -33,59 +34,6 @@ __all__ = [
 ]
 
 
-def pixel_cross_entropy(prepared: Prepared, class_weights: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-    """Unnormalised per-pixel cross-entropy and the per-pixel weights it carries.
-
-    Multiclass: value :math:`\\sum_c w_c t_c (-\\log p_c)` and weight :math:`\\sum_c w_c t_c`
-    (= :math:`w_{y}` for one-hot targets). Sigmoid modes: the channel mean of
-    :math:`w_c\\,\\mathrm{BCE}(z_c, t_c)`, weight None (a channel weight does not weigh pixels).
-
-    Returns:
-        ``(values, pixel_weights)``: (B, *S) tensors, ``pixel_weights`` None when uniform.
-
-    Example:
-        >>> _ = torch.manual_seed(0)
-        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
-        >>> values, pixel_weights = pixel_cross_entropy(prepare(logits, labels))
-        >>> values.shape, pixel_weights is None
-        (torch.Size([2, 8, 8]), True)
-        >>> torch.allclose(values, F.cross_entropy(logits, labels, reduction="none"))
-        True
-        >>> class_weights = torch.tensor([1.0, 2.0, 3.0])
-        >>> _, pixel_weights = pixel_cross_entropy(prepare(logits, labels), class_weights)
-        >>> torch.equal(pixel_weights, class_weights[labels])
-        True
-    """
-    if prepared.mode == "multiclass":
-        if prepared.labels is not None:  # PyTorch's fused kernel: w_y * CE, without a one-hot target
-            values = F.cross_entropy(prepared.logits, prepared.labels, weight=class_weights, reduction="none")
-            return values, (None if class_weights is None else class_weights[prepared.labels])
-        log_probs = prepared.logits.log_softmax(dim=1)
-        if class_weights is None:
-            return -(prepared.target * log_probs).sum(dim=1), None
-        weighted_target = prepared.target * _channel(class_weights, prepared)
-        return -(weighted_target * log_probs).sum(dim=1), weighted_target.sum(dim=1)
-    bce = F.binary_cross_entropy_with_logits(prepared.logits, prepared.target, reduction="none")
-    if class_weights is not None:
-        return (bce * _channel(class_weights, prepared)).mean(dim=1), None
-    return bce.mean(dim=1), None
-
-
-def _channel(weights: Tensor, prepared: Prepared) -> Tensor:
-    """(C,) weights shaped to broadcast over (B, C, *S)."""
-    return weights.view(1, -1, *([1] * len(prepared.spatial_dims)))
-
-
-def weighted_mean_per_pixel(weighted_values: Tensor, pixel_weights: Tensor | None, prepared: Prepared) -> Tensor:
-    """Per-pixel terms whose image mean is the weighted mean :math:`\\sum_n w_n v_n / \\sum_n w_n`,
-    from the already weighted values :math:`w_n v_n`."""
-    weighted_values = prepared.mask(weighted_values)
-    if pixel_weights is None:
-        return weighted_values
-    weight_total = prepared.mask(pixel_weights).sum(dim=prepared.pixel_dims)
-    scale = prepared.valid_count() / weight_total.clamp_min(1e-12)
-    return weighted_values * scale.view(-1, *([1] * len(prepared.pixel_dims)))
-
 
 # --------------------------------------------------------------------------- cross-entropy
 
@@ -94,11 +42,6 @@ def _uniform_labels(prepared: Prepared, class_weights) -> bool:
     """Integer labels, every pixel counted, no class weights: the case PyTorch's fused kernels cover."""
     return prepared.labels is not None and prepared.valid is None and class_weights is None
 
-
-def _cross_entropy_map(prepared: Prepared, class_weights) -> Tensor:
-    weights = check_class_weights("class_weights", class_weights, prepared.num_classes, prepared.logits)
-    values, pixel_weights = pixel_cross_entropy(prepared, weights)
-    return weighted_mean_per_pixel(values, pixel_weights, prepared)
 
 
 def cross_entropy_per_pixel(
@@ -125,7 +68,7 @@ def cross_entropy_per_pixel(
         True
     """
     prepared = prepare(logits, target, mode=mode, ignore_index=ignore_index)
-    return _cross_entropy_map(prepared, class_weights)
+    return cross_entropy_map(prepared, class_weights)
 
 
 def cross_entropy(
@@ -174,7 +117,7 @@ def cross_entropy(
         # the global mean, which PyTorch's fused kernel computes without a per-pixel gradient buffer.
         mean = F.cross_entropy(prepared.logits, prepared.labels)
         return mean if reduction == "mean" else mean * prepared.logits.shape[0]
-    return reduce_images(prepared.image_mean(_cross_entropy_map(prepared, class_weights)), reduction)
+    return reduce_images(prepared.image_mean(cross_entropy_map(prepared, class_weights)), reduction)
 
 
 @register_loss("cross_entropy")
@@ -359,45 +302,6 @@ class TopKCrossEntropyLoss(Loss):
 # --------------------------------------------------------------------------- focal
 
 
-def _focal_alpha(alpha, prepared: Prepared) -> Tensor | None:
-    """Per-channel weights of the positive term; sigmoid modes weigh negatives by 1 - alpha."""
-    if alpha is None:
-        return None
-    num_classes = prepared.num_classes
-    if isinstance(alpha, (int, float)) and not isinstance(alpha, bool):
-        alpha = check_number("alpha", alpha, low=0.0, high=1.0)
-        if prepared.mode == "multiclass":  # MONAI's convention: background 1 - alpha, the rest alpha
-            return prepared.logits.new_tensor([1.0 - alpha] + [alpha] * (num_classes - 1))
-        return prepared.logits.new_full((num_classes,), alpha)
-    weights = check_class_weights("alpha", alpha, num_classes, prepared.logits)
-    if prepared.mode != "multiclass" and bool((weights > 1).any()):
-        fail("alpha", "in [0, 1] per channel in sigmoid modes", weights.tolist())
-    return weights
-
-
-def _focal_map(prepared: Prepared, gamma: float, alpha) -> Tensor:
-    gamma = check_number("gamma", gamma, low=0.0)
-    alpha = _focal_alpha(alpha, prepared)
-    tiny = torch.finfo(prepared.logits.dtype).tiny
-    if prepared.mode == "multiclass":
-        log_probs = prepared.logits.log_softmax(dim=1)
-        if prepared.labels is not None:  # only the true class has t > 0: gather instead of a class sum
-            log_true = log_probs.gather(1, prepared.labels.unsqueeze(1)).squeeze(1)
-            values = -((1.0 - log_true.exp()).clamp_min(tiny) ** gamma) * log_true
-            return prepared.mask(values if alpha is None else values * alpha[prepared.labels])
-        modulation = (1.0 - log_probs.exp()).clamp_min(tiny) ** gamma
-        weighted_target = prepared.target if alpha is None else prepared.target * _channel(alpha, prepared)
-        return prepared.mask(-(weighted_target * modulation * log_probs).sum(dim=1))
-    target = prepared.target
-    bce = F.binary_cross_entropy_with_logits(prepared.logits, target, reduction="none")
-    probs = prepared.logits.sigmoid()
-    p_true = probs * target + (1.0 - probs) * (1.0 - target)
-    values = bce * (1.0 - p_true).clamp_min(tiny) ** gamma
-    if alpha is not None:
-        alpha = _channel(alpha, prepared)
-        values = values * (alpha * target + (1.0 - alpha) * (1.0 - target))
-    return prepared.mask(values.mean(dim=1))
-
 
 def focal_loss_per_pixel(
     logits: Tensor,
@@ -420,7 +324,7 @@ def focal_loss_per_pixel(
         True
     """
     prepared = prepare(logits, target, mode=mode, ignore_index=ignore_index)
-    return _focal_map(prepared, gamma, alpha)
+    return focal_map(prepared, gamma, alpha)
 
 
 def focal_loss(
@@ -465,7 +369,7 @@ def focal_loss(
         True
     """
     prepared = prepare(logits, target, mode=mode, ignore_index=ignore_index)
-    return reduce_images(prepared.image_mean(_focal_map(prepared, gamma, alpha)), reduction)
+    return reduce_images(prepared.image_mean(focal_map(prepared, gamma, alpha)), reduction)
 
 
 @register_loss("focal")

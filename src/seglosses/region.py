@@ -28,13 +28,23 @@ counts) and Lovasz (a sum over the sorted errors of all pixels).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from seglosses._checks import check_class_weights, check_number, check_one_of, check_type, fail
+from seglosses._checks import check_number, check_one_of, check_type, fail
 from seglosses.base import Loss, reduce_images
+from seglosses.blocks import (
+    SoftCounts,
+    class_average_weights,
+    dice_error_maps,
+    dice_error_sums,
+    prepare_class_average,
+    ratio_per_image,
+    ratio_per_pixel,
+    soft_counts,
+    spatial_sums,
+)
 from seglosses.registry import register_loss
 from seglosses.targets import Prepared, prepare
 
@@ -68,104 +78,7 @@ __all__ = [
 ]
 
 
-def class_average_weights(
-    prepared: Prepared, include_background: bool = True, class_weights: Sequence[float] | Tensor | None = None
-) -> Tensor:
-    """Weights (C,) that average per-class losses: ``class_weights`` (or ones), channel 0 dropped
-    when ``include_background`` is False, normalised to sum to one.
 
-    Example:
-        >>> prepared = prepare(torch.zeros(1, 3, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long))
-        >>> class_average_weights(prepared, include_background=False)
-        tensor([0.0000, 0.5000, 0.5000])
-        >>> class_average_weights(prepared, class_weights=[1.0, 1.0, 2.0])
-        tensor([0.2500, 0.2500, 0.5000])
-    """
-    check_type("include_background", include_background, bool)
-    num_classes = prepared.num_classes
-    weights = check_class_weights("class_weights", class_weights, num_classes, prepared.logits)
-    if weights is None:
-        weights = prepared.logits.new_ones(num_classes)
-    if not include_background:
-        if num_classes == 1:
-            fail("include_background", "True when there is a single channel (nothing else to average)", False)
-        weights = torch.cat([weights.new_zeros(1), weights[1:]])
-    total = weights.sum()
-    return weights / total.clamp_min(1e-12)
-
-
-def _denominator(denominator: Tensor, batch: bool, eps: float) -> tuple[Tensor, float]:
-    """Per-image (B, C) or pooled (1, C) denominators with eps, and the per-image share factor."""
-    if batch:
-        return denominator.sum(dim=0, keepdim=True) + eps, float(denominator.shape[0])
-    return denominator + eps, 1.0
-
-
-def ratio_per_image(excess: Tensor, denominator: Tensor, weights: Tensor, *, batch: bool, eps: float) -> Tensor:
-    """(B,) losses :math:`\\sum_c a_c E_c / (Q_c + \\varepsilon)` from the (B, C) per-image error sums
-    :math:`E = \\sum_j e_{cj}` and denominators :math:`Q` (both pooled over the batch when ``batch``).
-
-    Example:
-        >>> excess, denominator = torch.tensor([[1.0, 2.0]]), torch.tensor([[4.0, 4.0]])  # one image, two classes
-        >>> ratio_per_image(excess, denominator, torch.tensor([0.5, 0.5]), batch=False, eps=1e-5)
-        tensor([0.3750])
-    """
-    denominator, share = _denominator(denominator, batch, eps)
-    return share * (weights * excess / denominator).sum(dim=1)
-
-
-def ratio_per_pixel(
-    errors: Tensor, denominator: Tensor, weights: Tensor, prepared: Prepared, *, batch: bool, eps: float
-) -> Tensor:
-    """(B, *S) per-pixel terms whose mean over each image's counted pixels is :func:`ratio_per_image`.
-
-    Example:
-        >>> prepared = prepare(torch.zeros(1, 2, 2, 2), torch.tensor([[[0, 1], [1, 1]]]))
-        >>> probs, target = prepared.probs(), prepared.target
-        >>> errors, denominator = (probs - target) ** 2, (probs**2 + target).sum(dim=(2, 3))  # squared Dice
-        >>> weights = torch.tensor([0.5, 0.5])
-        >>> per_pixel = ratio_per_pixel(errors, denominator, weights, prepared, batch=False, eps=1e-5)
-        >>> per_pixel.shape
-        torch.Size([1, 2, 2])
-        >>> per_image = ratio_per_image(errors.sum(dim=(2, 3)), denominator, weights, batch=False, eps=1e-5)
-        >>> torch.allclose(per_pixel.mean(dim=(1, 2)), per_image)
-        True
-    """
-    denominator, share = _denominator(denominator, batch, eps)
-    coefficients = share * weights / denominator
-    spatial = [1] * (errors.ndim - 2)
-    per_pixel = (errors * coefficients.view(*coefficients.shape, *spatial)).sum(dim=1)
-    return per_pixel * prepared.valid_count().view(-1, *spatial)
-
-
-def _sums(x: Tensor) -> Tensor:
-    return x.sum(dim=tuple(range(2, x.ndim)))
-
-
-class SoftCounts(NamedTuple):
-    """Per image and class sums over the counted pixels, each (B, C)."""
-
-    intersection: Tensor  # sum p t (the soft TP)
-    prediction: Tensor  # sum p^q
-    target: Tensor  # sum t^q
-
-
-def soft_counts(prepared: Prepared, squared: bool = False) -> SoftCounts:
-    """Soft counts of :math:`p` against the target over the counted pixels, with :math:`q = 2` when
-    ``squared`` (a one-hot target built from labels is its own square)."""
-    probs = prepared.probs()
-    counted_probs = prepared.mask(probs)
-    target = prepared.target
-    prediction = _sums(counted_probs * probs if squared else counted_probs)
-    target_mass = _sums(target * target if squared and prepared.labels is None else target)
-    return SoftCounts(_sums(counted_probs * target), prediction, target_mass)
-
-
-def _setup(logits, target, mode, ignore_index, include_background, class_weights, eps):
-    """The start of every class-averaged loss: prepared inputs, the checked ``eps`` and the class weights."""
-    prepared = prepare(logits, target, mode=mode, ignore_index=ignore_index)
-    eps = check_number("eps", eps, low=0.0, low_inclusive=False)
-    return prepared, eps, class_average_weights(prepared, include_background, class_weights)
 
 
 def _pooled(counts: Tensor, batch: bool) -> Tensor:
@@ -181,28 +94,14 @@ def _per_image(values: Tensor, batch_size: int) -> Tensor:
 # --------------------------------------------------------------------------- Dice
 
 
-def _dice_parts(prepared: Prepared, squared: bool) -> tuple[Tensor, Tensor]:
-    check_type("squared", squared, bool)
-    probs = prepared.mask(prepared.probs())
-    target = prepared.target
-    if squared:
-        return (probs - target) ** 2, _sums(probs * probs) + _sums(target * target)
-    return probs + target - 2.0 * probs * target, _sums(probs) + _sums(target)
-
-
-def _dice_counts(prepared: Prepared, squared: bool) -> tuple[Tensor, Tensor]:
-    """Per image and class error sums :math:`\\sum_j e_j = Q - 2TP` and denominators :math:`Q`, (B, C)."""
-    check_type("squared", squared, bool)
-    counts = soft_counts(prepared, squared)
-    denominator = counts.prediction + counts.target
-    return (denominator - 2.0 * counts.intersection).clamp_min(0.0), denominator
-
 
 def _dice_setup(logits, target, mode, ignore_index, include_background, class_weights, squared, eps, per_pixel):
     """Prepared inputs, eps, class weights, and the Dice errors (maps for ``per_pixel``, else sums) and
     denominators."""
-    prepared, eps, weights = _setup(logits, target, mode, ignore_index, include_background, class_weights, eps)
-    errors, denominator = _dice_parts(prepared, squared) if per_pixel else _dice_counts(prepared, squared)
+    prepared, eps, weights = prepare_class_average(
+        logits, target, mode, ignore_index, include_background, class_weights, eps
+    )
+    errors, denominator = dice_error_maps(prepared, squared) if per_pixel else dice_error_sums(prepared, squared)
     return prepared, eps, weights, errors, denominator
 
 
@@ -630,7 +529,9 @@ def _jaccard_setup(logits, target, batch, mode, ignore_index, include_background
     """Prepared inputs, eps, class weights, the errors p + t - 2pt (maps for ``per_pixel``, else sums) and
     the soft unions (B, C)."""
     check_type("batch", batch, bool)
-    prepared, eps, weights = _setup(logits, target, mode, ignore_index, include_background, class_weights, eps)
+    prepared, eps, weights = prepare_class_average(
+        logits, target, mode, ignore_index, include_background, class_weights, eps
+    )
     counts = soft_counts(prepared)
     union = counts.prediction + counts.target - counts.intersection
     if not per_pixel:
@@ -885,7 +786,7 @@ def lovasz_loss(
     per_class = _lovasz_rows(_rows(errors, batch), _rows(target, batch), counted).view(-1, prepared.num_classes)
     weights = weights.expand_as(per_class)
     if classes == "present" and prepared.mode == "multiclass":
-        weights = weights * (_pooled(_sums(target), batch) > 0)
+        weights = weights * (_pooled(spatial_sums(target), batch) > 0)
     value = (weights * per_class).sum(dim=1) / weights.sum(dim=1).clamp_min(1e-12)
     return reduce_images(_per_image(value, logits.shape[0]), reduction)
 
@@ -956,7 +857,9 @@ def _tversky_setup(
 ):
     fp_weight, fn_weight = _check_tversky_weights(fp_weight, fn_weight)
     check_type("batch", batch, bool)
-    prepared, eps, weights = _setup(logits, target, mode, ignore_index, include_background, class_weights, eps)
+    prepared, eps, weights = prepare_class_average(
+        logits, target, mode, ignore_index, include_background, class_weights, eps
+    )
     excess, true_positives = _tversky_counts(prepared, fp_weight, fn_weight)
     errors = _tversky_parts(prepared, fp_weight, fn_weight) if per_pixel else excess
     return prepared, eps, weights, errors, true_positives + excess
@@ -1157,7 +1060,9 @@ def focal_tversky_loss(
     fp_weight, fn_weight = _check_tversky_weights(fp_weight, fn_weight)
     gamma = check_number("gamma", gamma, low=0.0, low_inclusive=False)
     check_type("batch", batch, bool)
-    prepared, eps, weights = _setup(logits, target, mode, ignore_index, include_background, class_weights, eps)
+    prepared, eps, weights = prepare_class_average(
+        logits, target, mode, ignore_index, include_background, class_weights, eps
+    )
     excess, true_positives = _tversky_counts(prepared, fp_weight, fn_weight)
     excess, true_positives = _pooled(excess, batch), _pooled(true_positives, batch)
     # 1 - TI as a ratio of the weighted errors: no cancellation near a perfect score.
@@ -1223,13 +1128,15 @@ def _sensitivity_specificity_setup(
     """The two ratio terms: errors on the target and their normaliser, errors off it and theirs."""
     sensitivity_weight = check_number("sensitivity_weight", sensitivity_weight, low=0.0, high=1.0)
     check_type("batch", batch, bool)
-    prepared, eps, weights = _setup(logits, target, mode, ignore_index, include_background, class_weights, eps)
+    prepared, eps, weights = prepare_class_average(
+        logits, target, mode, ignore_index, include_background, class_weights, eps
+    )
     probs, target = prepared.mask(prepared.probs()), prepared.target
     squared_errors = (target - probs) ** 2
     background = prepared.mask(1.0 - target)
     terms = (
-        (sensitivity_weight * weights, target * squared_errors, _sums(target)),
-        ((1.0 - sensitivity_weight) * weights, background * squared_errors, _sums(background)),
+        (sensitivity_weight * weights, target * squared_errors, spatial_sums(target)),
+        ((1.0 - sensitivity_weight) * weights, background * squared_errors, spatial_sums(background)),
     )
     return prepared, eps, terms
 
@@ -1286,7 +1193,8 @@ def sensitivity_specificity_loss(
     _, eps, terms = _sensitivity_specificity_setup(
         logits, target, sensitivity_weight, batch, mode, ignore_index, include_background, class_weights, eps
     )
-    return reduce_images(sum(ratio_per_image(_sums(e), q, a, batch=batch, eps=eps) for a, e, q in terms), reduction)
+    per_image = sum(ratio_per_image(spatial_sums(e), q, a, batch=batch, eps=eps) for a, e, q in terms)
+    return reduce_images(per_image, reduction)
 
 
 def sensitivity_specificity_loss_per_pixel(
@@ -1418,7 +1326,9 @@ def mcc_loss(
         1.0014
     """
     check_type("batch", batch, bool)
-    prepared, eps, weights = _setup(logits, target, mode, ignore_index, include_background, class_weights, eps)
+    prepared, eps, weights = prepare_class_average(
+        logits, target, mode, ignore_index, include_background, class_weights, eps
+    )
     counts = SoftCounts(*(_pooled(count, batch) for count in soft_counts(prepared)))
     counted = _pooled(prepared.valid_count().unsqueeze(1), batch)
     # The target masses are exact, so an empty or a full target class is detected exactly.
