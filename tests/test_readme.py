@@ -59,3 +59,11 @@ def test_readme_python_examples_run():
     assert len(blocks) >= 3
     for block in blocks:
         exec(compile(block, "README.md", "exec"), dict(namespace))
+
+
+def test_readme_loss_table_lists_every_registered_loss():
+    import seglosses
+
+    text = (ROOT / "README.md").read_text()
+    rows = {line.split("|")[1].strip().strip("`") for line in text.splitlines() if line.startswith("| `")}
+    assert set(seglosses.list_losses()) <= rows, sorted(set(seglosses.list_losses()) - rows)

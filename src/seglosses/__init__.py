@@ -1,7 +1,7 @@
 """seglosses: validated, fast segmentation losses, the Top-k / Bottom-all-but-sigma envelope and
 metrics for medical image segmentation in PyTorch."""
 
-from seglosses import blocks, compound, envelope, metrics, pixel, region
+from seglosses import blocks, compound, distance, envelope, metrics, pixel, region
 from seglosses._checks import set_value_checks, value_checks
 from seglosses.base import Loss, reduce_images
 from seglosses.compound import *  # noqa: F403
@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Loss",
     "blocks",
+    "distance",
     "create_loss",
     "list_losses",
     "loss_class",

@@ -1,0 +1,329 @@
+r"""Exact Euclidean distance maps of binary masks: 2D and 3D, voxel spacing, batched.
+
+:func:`distance_transform` has the semantics of :func:`scipy.ndimage.distance_transform_edt`: every
+non-zero voxel gets its Euclidean distance (in spacing units) to the nearest zero voxel, zero voxels
+get 0. :func:`signed_distance` is negative inside a mask and positive outside it, and
+:func:`boundary_distance` is the unsigned distance to the other region (the field of Karimi's
+Hausdorff-DT loss). All three work on any number of leading (batch, class) dimensions.
+
+**Backends.** ``"scipy"`` runs SciPy's exact feature transform (C) on the CPU, one mask at a time; a
+numpy-vectorised Felzenszwalb-Huttenlocher transform was tried and measured 2-3x slower than SciPy's C
+kernel, so the CPU path reuses it. ``"torch"`` is pure torch for accelerators: an exact separable transform, a linear
+scan along the first axis (distance to the nearest zero on the line, by running maxima and minima)
+followed, along each further axis, by the exact min-plus convolution with the parabola
+:math:`s^2 (j - k)^2`, computed in chunks of lines. Both give the same values (to float32 rounding).
+``"auto"`` takes ``"scipy"`` for CPU tensors and ``"torch"`` otherwise.
+
+**Masks without a zero voxel** have no distance: :func:`distance_transform` returns ``inf`` there
+(SciPy's output is undefined for them). :func:`signed_distance` and :func:`boundary_distance` return
+an all-zero map for a mask that is empty or full (it has no boundary), as Kervadec's and MONAI's
+reference code do.
+
+:class:`DistanceMaps` computes the per-class maps of a sample's labels once and caches them, for
+static targets in a dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch import Tensor
+
+from seglosses._checks import check_one_of, check_type, fail
+
+__all__ = [
+    "BACKENDS",
+    "DistanceMaps",
+    "boundary_distance",
+    "distance_transform",
+    "signed_distance",
+]
+
+BACKENDS: tuple[str, ...] = ("auto", "scipy", "torch")
+KINDS: tuple[str, ...] = ("signed", "unsigned", "boundary")
+_CHUNK_ELEMENTS = 1 << 25  # (lines x n x n) candidates per min-plus chunk: 128 MiB of float32
+
+
+def _as_mask(mask: Any) -> Tensor:
+    if isinstance(mask, np.ndarray):
+        mask = torch.from_numpy(mask)
+    if not isinstance(mask, Tensor):
+        fail("mask", "a tensor or numpy array", type(mask).__name__, TypeError)
+    if mask.is_complex():
+        fail("mask", "a real or boolean tensor", f"dtype {mask.dtype}", TypeError)
+    return mask != 0
+
+
+def _resolve_dims(mask: Tensor, spacing: Any, spatial_dims: int | None) -> tuple[int, tuple[float, ...]]:
+    """The number of trailing spatial dimensions and one spacing per spatial axis."""
+    if spatial_dims is None:
+        if isinstance(spacing, (Sequence, np.ndarray, Tensor)) and not isinstance(spacing, str):
+            spatial_dims = len(spacing)
+        elif mask.ndim <= 3:
+            spatial_dims = mask.ndim  # scipy's semantics: every axis is spatial
+        else:
+            fail("spatial_dims", f"given for a mask with {mask.ndim} dimensions (2 or 3)", None)
+    check_type("spatial_dims", spatial_dims, int)
+    if spatial_dims not in (1, 2, 3) or spatial_dims > mask.ndim:
+        fail("spatial_dims", f"1, 2 or 3 and at most the mask's {mask.ndim} dimensions", spatial_dims)
+    if spacing is None:
+        return spatial_dims, (1.0,) * spatial_dims
+    if isinstance(spacing, bool):
+        fail("spacing", "None, a positive number or one positive number per spatial axis", repr(spacing), TypeError)
+    if isinstance(spacing, (int, float)):
+        values = (float(spacing),) * spatial_dims
+    elif isinstance(spacing, (Sequence, np.ndarray, Tensor)) and not isinstance(spacing, str):
+        values = tuple(float(v) for v in (spacing.tolist() if hasattr(spacing, "tolist") else spacing))
+        if len(values) != spatial_dims:
+            fail("spacing", f"{spatial_dims} values (one per spatial axis)", f"{len(values)} values")
+    else:
+        fail("spacing", "None, a positive number or one positive number per spatial axis", repr(spacing), TypeError)
+    if not all(np.isfinite(v) and v > 0 for v in values):
+        fail("spacing", "finite and positive", list(values))
+    return spatial_dims, values
+
+
+def _check_backend(backend: str, device: torch.device) -> str:
+    check_one_of("backend", backend, BACKENDS)
+    if backend == "auto":
+        return "scipy" if device.type == "cpu" else "torch"
+    return backend
+
+
+# --------------------------------------------------------------------------- scipy backend
+
+
+def _scipy_distances(masks: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
+    """(N, *S) bool -> (N, *S) float32 distances to the nearest False voxel (inf if none)."""
+    out = np.empty(masks.shape, dtype=np.float32)
+    sampling = None if all(step == 1.0 for step in spacing) else spacing  # skips scipy's rescaling pass
+    for index, mask in enumerate(masks):
+        if mask.all():
+            out[index] = np.inf
+        elif not mask.any():
+            out[index] = 0.0
+        else:
+            out[index] = ndimage.distance_transform_edt(mask, sampling=sampling)
+    return out
+
+
+# --------------------------------------------------------------------------- torch backend
+
+
+def _line_scan(zero: Tensor, step: float) -> Tensor:
+    """(L, n) bool (True at zero voxels) -> (L, n) squared distance along the line to the nearest zero."""
+    n = zero.shape[-1]
+    position = torch.arange(n, device=zero.device, dtype=torch.float32).expand_as(zero)
+    inf = torch.tensor(float("inf"), device=zero.device)
+    last = torch.where(zero, position, -inf).cummax(dim=-1).values
+    following = torch.where(zero, position, inf).flip(-1).cummin(dim=-1).values.flip(-1)
+    distance = torch.minimum(position - last, following - position) * step
+    return distance * distance
+
+
+def _min_plus(squared: Tensor, step: float) -> Tensor:
+    """(L, n) -> (L, n): :math:`\\min_k f_k + s^2 (j-k)^2` for every line, exactly, in chunks of lines."""
+    n = squared.shape[-1]
+    position = torch.arange(n, device=squared.device, dtype=squared.dtype)
+    parabola = (position.view(-1, 1) - position.view(1, -1)) ** 2 * (step * step)  # (j, k)
+    out = torch.empty_like(squared)
+    chunk = max(1, _CHUNK_ELEMENTS // (n * n))
+    for start in range(0, squared.shape[0], chunk):
+        block = squared[start : start + chunk]
+        out[start : start + chunk] = (block.unsqueeze(1) + parabola).amin(dim=-1)
+    return out
+
+
+def _along(values: Tensor, axis: int, function, *args) -> Tensor:
+    """Apply a (L, n) -> (L, n) line function along ``axis`` of ``values``."""
+    moved = values.movedim(axis, -1)
+    shape = moved.shape
+    result = function(moved.reshape(-1, shape[-1]), *args)
+    return result.reshape(shape).movedim(-1, axis)
+
+
+def _torch_squared(masks: Tensor, spacing: tuple[float, ...]) -> Tensor:
+    """(N, *S) bool -> (N, *S) float32 squared distances to the nearest False voxel (inf if none)."""
+    spatial = len(spacing)
+    squared = _along(~masks, 1, _line_scan, spacing[0])
+    for axis in range(1, spatial):
+        squared = _along(squared, axis + 1, _min_plus, spacing[axis])
+    return squared
+
+
+def _distances(mask: Tensor, spacing: tuple[float, ...], backend: str) -> Tensor:
+    """Distances of a bool mask (..., *S), computed per mask over the flattened leading dims."""
+    spatial_shape = mask.shape[mask.ndim - len(spacing) :]
+    masks = mask.reshape(-1, *spatial_shape)
+    if masks.shape[0] == 0:
+        return torch.zeros(mask.shape, device=mask.device)
+    if backend == "scipy":
+        distances = torch.from_numpy(_scipy_distances(masks.cpu().numpy(), spacing)).to(mask.device)
+    else:
+        distances = _torch_squared(masks, spacing).sqrt()
+    return distances.reshape(mask.shape)
+
+
+def distance_transform(
+    mask: Tensor, spacing: float | Sequence[float] | None = None, *, spatial_dims: int | None = None,
+    backend: str = "auto",
+) -> Tensor:
+    """Exact Euclidean distance of every non-zero voxel to the nearest zero voxel (scipy's EDT).
+
+    Args:
+        mask: (..., *S) tensor (or numpy array); non-zero is foreground. Leading dimensions are
+            batch (and class) dimensions, each mask is transformed on its own.
+        spacing: voxel size, one number or one per spatial axis; None for unit spacing.
+        spatial_dims: the number of trailing spatial axes (1, 2 or 3); None: ``len(spacing)`` when
+            spacing is a sequence, else every axis of a mask with at most 3 dimensions (scipy's
+            semantics). Give it for batched masks.
+        backend: "auto", "scipy" (CPU kernel) or "torch" (any device).
+
+    Returns:
+        float32 tensor of the mask's shape on its device; ``inf`` in a mask with no zero voxel.
+
+    Example:
+        >>> mask = torch.tensor([[0, 1, 1, 1, 1]])
+        >>> distance_transform(mask)
+        tensor([[0., 1., 2., 3., 4.]])
+        >>> masks = torch.zeros(2, 3, 3, dtype=torch.bool)
+        >>> masks[:, 1:, 1:] = True
+        >>> distance_transform(masks, spacing=(2.0, 1.0), spatial_dims=2, backend="torch")[0]
+        tensor([[0., 0., 0.],
+                [0., 1., 2.],
+                [0., 1., 2.]])
+    """
+    mask = _as_mask(mask)
+    spatial_dims, spacing = _resolve_dims(mask, spacing, spatial_dims)
+    backend = _check_backend(backend, mask.device)
+    return _distances(mask, spacing, backend)
+
+
+def _inside_outside(mask: Tensor, spacing: tuple[float, ...], backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Distances inside (to the outside) and outside (to the inside), both 0 where undefined, and a
+    (..., 1, ..., 1) flag of the masks that have a boundary (neither empty nor full)."""
+    spatial = tuple(range(mask.ndim - len(spacing), mask.ndim))
+    has_boundary = mask.any(dim=spatial, keepdim=True) & ~mask.all(dim=spatial, keepdim=True)
+    both = _distances(torch.stack([mask, ~mask]), spacing, backend)
+    inside = torch.where(has_boundary, both[0], 0.0)
+    outside = torch.where(has_boundary, both[1], 0.0)
+    return inside, outside, has_boundary
+
+
+def signed_distance(
+    mask: Tensor, spacing: float | Sequence[float] | None = None, *, spatial_dims: int | None = None,
+    backend: str = "auto",
+) -> Tensor:
+    """Signed distance map: minus the distance to the outside inside the mask, the distance to the
+    inside outside it; all zeros for an empty or a full mask.
+
+    Args and Returns: as :func:`distance_transform`.
+
+    Example:
+        >>> signed_distance(torch.tensor([0, 0, 1, 1, 1, 0]))
+        tensor([ 2.,  1., -1., -2., -1.,  1.])
+    """
+    mask = _as_mask(mask)
+    spatial_dims, spacing = _resolve_dims(mask, spacing, spatial_dims)
+    inside, outside, _ = _inside_outside(mask, spacing, _check_backend(backend, mask.device))
+    return outside - inside
+
+
+def boundary_distance(
+    mask: Tensor, spacing: float | Sequence[float] | None = None, *, spatial_dims: int | None = None,
+    backend: str = "auto",
+) -> Tensor:
+    """Unsigned distance of every voxel to the other region (the absolute :func:`signed_distance`):
+    the distance field of the Hausdorff-DT loss, zeros for an empty or full mask.
+
+    Args and Returns: as :func:`distance_transform`.
+
+    Example:
+        >>> boundary_distance(torch.tensor([0, 0, 1, 1, 1, 0]))
+        tensor([2., 1., 1., 2., 1., 1.])
+    """
+    mask = _as_mask(mask)
+    spatial_dims, spacing = _resolve_dims(mask, spacing, spatial_dims)
+    inside, outside, _ = _inside_outside(mask, spacing, _check_backend(backend, mask.device))
+    return inside + outside
+
+
+_KIND_FUNCTIONS = {"signed": signed_distance, "unsigned": distance_transform, "boundary": boundary_distance}
+
+
+class DistanceMaps:
+    """Dataset transform: per-class distance maps of a sample's labels, computed once and cached.
+
+    Call it on a sample dict; it adds ``sample[out_key]``, a (C, *S) float32 map per class of the
+    integer labels ``sample[key]`` (a label outside [0, C), such as an ignore index, belongs to no class). Maps are
+    cached by the labels' content, so a static target is transformed once however often it is read
+    (augmented targets simply miss the cache).
+
+    Args:
+        num_classes: C.
+        kind: "signed" (:func:`signed_distance`), "unsigned" (:func:`distance_transform` of each class
+            mask) or "boundary" (:func:`boundary_distance`).
+        spacing: voxel spacing, or None; a sample's ``"spacing"`` entry overrides it when present.
+        key, out_key: where the labels are read and the maps written.
+        max_cached: the most maps kept (least recently used dropped first); 0 disables caching.
+
+    Example:
+        >>> transform = DistanceMaps(num_classes=2)
+        >>> sample = transform({"mask": torch.tensor([[0, 1, 1, 0]])})
+        >>> sample["distance"]
+        tensor([[[-1.,  1.,  1., -1.]],
+        <BLANKLINE>
+                [[ 1., -1., -1.,  1.]]])
+        >>> transform.hits, transform.misses
+        (0, 1)
+    """
+
+    def __init__(
+        self, num_classes: int, *, kind: str = "signed", spacing: float | Sequence[float] | None = None,
+        key: str = "mask", out_key: str = "distance", max_cached: int = 10_000,
+    ) -> None:
+        check_type("num_classes", num_classes, int)
+        if num_classes < 1:
+            fail("num_classes", "at least 1", num_classes)
+        check_one_of("kind", kind, KINDS)
+        check_type("max_cached", max_cached, int)
+        self.num_classes, self.kind, self.spacing = num_classes, kind, spacing
+        self.key, self.out_key, self.max_cached = key, out_key, max_cached
+        self.hits = self.misses = 0
+        self._cache: OrderedDict[tuple, Tensor] = OrderedDict()
+
+    def maps(self, labels: Tensor, spacing: Any = None) -> Tensor:
+        """(C, *S) maps of integer labels (*S)."""
+        labels = torch.as_tensor(labels)
+        spacing = self.spacing if spacing is None else spacing
+        if isinstance(spacing, Tensor):
+            spacing = spacing.tolist()
+        key = (tuple(labels.shape), str(labels.dtype), str(spacing),
+               hashlib.blake2b(labels.cpu().contiguous().numpy().tobytes(), digest_size=16).hexdigest())
+        if key in self._cache:
+            self.hits += 1
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        self.misses += 1
+        classes = torch.arange(self.num_classes, device=labels.device).view(-1, *([1] * labels.ndim))
+        masks = labels.unsqueeze(0) == classes
+        result = _KIND_FUNCTIONS[self.kind](masks, spacing, spatial_dims=labels.ndim)
+        if self.max_cached > 0:
+            self._cache[key] = result
+            if len(self._cache) > self.max_cached:
+                self._cache.popitem(last=False)
+        return result
+
+    def __call__(self, sample: dict) -> dict:
+        check_type("sample", sample, dict)
+        if self.key not in sample:
+            fail("sample", f"a dict with the key {self.key!r}", sorted(sample))
+        sample = dict(sample)
+        sample[self.out_key] = self.maps(sample[self.key], sample.get("spacing"))
+        return sample
