@@ -178,6 +178,61 @@ def test_pixel_selection_starts_at_pixel_start_epoch():
         criterion(logits, labels, indices=torch.arange(2))
 
 
+def _toy_set(side: int, count: int = 64, size: int = 32, noise: float = 0.5):
+    """The small-object toy of issue 9: one bright square of ``side`` pixels per image, Gaussian noise."""
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.zeros(count, size, size, dtype=torch.long)
+    for image in range(count):
+        row, column = torch.randint(0, size - side + 1, (2,), generator=gen).tolist()
+        labels[image, row:row + side, column:column + side] = 1
+    return labels.float().unsqueeze(1) + noise * torch.randn(count, 1, size, size, generator=gen), labels
+
+
+def _toy_dice(side: int, options: dict, steps: int = 80, batch: int = 16) -> float:
+    """Foreground Dice on the training set after training a 3-layer CNN with Adam under the envelope."""
+    images, labels = _toy_set(side)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(16, 2, 3, padding=1))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    criterion = TopKBottomSigma("ce_dice_pixel", images.shape[0], **options)
+    gen = torch.Generator().manual_seed(0)
+    per_epoch = images.shape[0] // batch
+    for step in range(steps):
+        if step % per_epoch == 0:
+            order = torch.randperm(images.shape[0], generator=gen)
+        indices = order[(step % per_epoch) * batch:(step % per_epoch + 1) * batch]
+        loss = criterion(model(images[indices]), labels[indices], indices=indices, epoch=1 + step // per_epoch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        predicted = model(images).argmax(dim=1) == 1
+    truth = labels == 1
+    return 2 * (predicted & truth).sum().item() / (predicted.sum() + truth.sum()).item()
+
+
+@pytest.mark.parametrize("side", [5, 10])  # objects of 2.4% and 9.8% of the 32 x 32 image
+def test_class_conditional_bsigma_learns_small_objects_that_the_papers_bsigma_never_learns(side):
+    """Issue 9 item 1 on its toy (64 images 32 x 32, a 3-layer CNN, Adam, 20 epochs). Measured (foreground
+    Dice, ERM / paper's Bσ / class-conditional Bσ): 0.935 / 0.000 / 0.855 at 2.4% and 0.981 / 0.000 / 0.946
+    at 9.8%. The class rule is within 0.05 of ERM at 9.8% but 0.08 below it at 2.4%: it drops the
+    background ring around the object (a small structure of the background class), so predictions bleed
+    into it (precision 0.93 -> 0.81; docs/envelope.md)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny convolutions: extra threads only contend on a shared machine
+    try:
+        erm = _toy_dice(side, {})
+        paper = _toy_dice(side, {"pixel_strategy": "bsigma", "pixel_groups": "image"})
+        by_class = _toy_dice(side, {"pixel_strategy": "bsigma"})
+    finally:
+        torch.set_num_threads(threads)
+    assert erm > 0.9
+    assert paper < 0.05  # the object is the high tail of its image: dropped, then never learned
+    assert by_class > erm - (0.05 if side == 10 else 0.1)
+
+
 # --------------------------------------------------------------------------- item 4: repeated and negative indices
 
 
