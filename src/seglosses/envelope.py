@@ -1001,7 +1001,7 @@ class TopKBottomSigma(nn.Module):
         >>> criterion
         TopKBottomSigma(
           num_images=4, image_strategy='atk', top_fraction=0.5
-          (base_loss): CrossEntropyLoss()
+          (base_loss): CrossEntropyLoss(...)
         )
         >>> logits, labels = torch.randn(4, 3, 8, 8), torch.randint(0, 3, (4, 8, 8))
         >>> loss = criterion(logits[:2], labels[:2], indices=torch.tensor([0, 1]), epoch=1)
