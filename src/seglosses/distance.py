@@ -57,7 +57,7 @@ def _as_mask(mask: Any) -> Tensor:
         fail("mask", "a tensor or numpy array", type(mask).__name__, TypeError)
     if mask.is_complex():
         fail("mask", "a real or boolean tensor", f"dtype {mask.dtype}", TypeError)
-    return mask != 0
+    return mask if mask.dtype == torch.bool else mask != 0
 
 
 def _resolve_dims(mask: Tensor, spacing: Any, spatial_dims: int | None) -> tuple[int, tuple[float, ...]]:
