@@ -369,6 +369,7 @@ def distance_map_ce_loss(
         A scalar, or (B,) for ``reduction="none"``.
 
     Example:
+        >>> import math
         >>> labels = torch.zeros(1, 5, 5, dtype=torch.long)
         >>> labels[0, 1:4, 1:4] = 1
         >>> logits = torch.zeros(1, 2, 5, 5)  # p = 1/2 everywhere: CE = log 2 per pixel
