@@ -195,3 +195,17 @@ def test_bad_options_are_named():
         hausdorff_dt_loss(logits, labels, alpha=0.0)
     with pytest.raises(ValueError, match="`spacing`"):
         region_wise_loss(logits, labels, spacing=(1.0, 2.0, 3.0))
+
+
+@pytest.mark.parametrize("name", ["boundary", "hausdorff_dt", "distance_map_ce", "region_wise"])
+def test_cached_target_maps_give_the_same_values(name):
+    from seglosses import create_loss
+
+    labels = blobs(2, 3, (14, 12), seed=20)
+    logits = torch.randn(2, 3, 14, 12, generator=torch.Generator().manual_seed(21), dtype=torch.float64)
+    plain, cached = create_loss(name, reduction="none"), create_loss(name, reduction="none", cache_target_maps=True)
+    for _ in range(2):
+        torch.testing.assert_close(cached(logits, labels), plain(logits, labels))
+        torch.testing.assert_close(cached.per_pixel(logits, labels), plain.per_pixel(logits, labels))
+    cache = cached.options["cache"]
+    assert cache.misses == 2 and cache.hits == 6  # two images computed once, then read three times

@@ -25,7 +25,7 @@ from torch import Tensor
 from seglosses._checks import check_number, check_type, fail
 from seglosses.base import Loss, reduce_images
 from seglosses.blocks import class_average_weights, spatial_sums
-from seglosses.distance import BACKENDS, boundary_distance, distance_transform
+from seglosses.distance import BACKENDS, DistanceMapCache, boundary_distance, distance_transform
 from seglosses.registry import register_loss
 from seglosses.targets import Prepared, prepare
 
@@ -62,6 +62,14 @@ def _check_backend(backend: str) -> str:
 def _regions(prepared: Prepared) -> Tensor:
     """(B, C, *S) bool class regions of the hard target (ignored pixels in none)."""
     return prepared.target > 0.5
+
+
+def _target_maps(regions: Tensor, name: str, spacing: Spacing, backend: str, cache, make) -> Tensor:
+    """``make(regions, spacing, backend)``, looked up per image in ``cache`` when one is given."""
+    if cache is None:
+        return make(regions, spacing, backend)
+    check_type("cache", cache, DistanceMapCache)
+    return cache.lookup(regions, f"{name} spacing={spacing}", lambda missing: make(missing, spacing, backend))
 
 
 def _spatial_count(prepared: Prepared) -> int:
@@ -116,6 +124,7 @@ def boundary_loss_per_pixel(
     mode: str | None = None,
     ignore_index: int | None = None,
     backend: str = "auto",
+    cache: DistanceMapCache | None = None,
 ) -> Tensor:
     """Per-pixel boundary loss, (B, *S): :math:`\\frac1{|C'|}\\sum_{c\\in C'}\\phi_c\\,p_c`; see :func:`boundary_loss`.
 
@@ -127,12 +136,14 @@ def boundary_loss_per_pixel(
         True
     """
     prepared = prepare(logits, target, mode=mode, ignore_index=ignore_index)
-    return _boundary_terms(prepared, spacing, include_background, backend)
+    return _boundary_terms(prepared, spacing, include_background, backend, cache)
 
 
-def _boundary_terms(prepared: Prepared, spacing: Spacing, include_background: bool | None, backend: str) -> Tensor:
+def _boundary_terms(prepared: Prepared, spacing: Spacing, include_background: bool | None, backend: str,
+                    cache) -> Tensor:
     weights = _foreground_weights(prepared, include_background)
-    maps = _kervadec_maps(_regions(prepared), spacing, _check_backend(backend)).to(prepared.logits.dtype)
+    maps = _target_maps(_regions(prepared), "kervadec", spacing, _check_backend(backend), cache, _kervadec_maps)
+    maps = maps.to(prepared.logits.dtype)
     return _per_pixel_class_mean(maps * prepared.probs(), weights, prepared)
 
 
@@ -145,6 +156,7 @@ def boundary_loss(
     mode: str | None = None,
     ignore_index: int | None = None,
     backend: str = "auto",
+    cache: DistanceMapCache | None = None,
     reduction: str = "mean",
 ) -> Tensor:
     r"""Boundary loss: probabilities weighted by the signed distance to each class's boundary.
@@ -168,6 +180,8 @@ def boundary_loss(
             = the foreground classes), True in the sigmoid modes.
         mode, ignore_index: as in :func:`~seglosses.pixel.cross_entropy`.
         backend: distance kernel, "auto", "scipy" or "torch".
+        cache: a :class:`~seglosses.distance.DistanceMapCache` that keeps the target's maps per image
+            (static targets: computed once); the modules make one with ``cache_target_maps=True``.
         reduction: "mean" or "sum" over images, or "none" for (B,).
 
     Returns:
@@ -181,7 +195,7 @@ def boundary_loss(
         True
     """
     prepared = prepare(logits, target, mode=mode, ignore_index=ignore_index)
-    per_pixel = _boundary_terms(prepared, spacing, include_background, backend)
+    per_pixel = _boundary_terms(prepared, spacing, include_background, backend, cache)
     return reduce_images(prepared.image_mean(per_pixel), reduction)
 
 
@@ -214,6 +228,7 @@ def hausdorff_dt_loss_per_pixel(
     mode: str | None = None,
     ignore_index: int | None = None,
     backend: str = "auto",
+    cache: DistanceMapCache | None = None,
 ) -> Tensor:
     """Per-pixel Hausdorff-DT loss, (B, *S); see :func:`hausdorff_dt_loss`.
 
@@ -225,10 +240,11 @@ def hausdorff_dt_loss_per_pixel(
         True
     """
     prepared = prepare(logits, target, mode=mode, ignore_index=ignore_index)
-    return _hausdorff_dt_terms(prepared, alpha, spacing, include_background, backend)
+    return _hausdorff_dt_terms(prepared, alpha, spacing, include_background, backend, cache)
 
 
-def _hausdorff_dt_terms(prepared: Prepared, alpha: float, spacing: Spacing, include_background, backend: str) -> Tensor:
+def _hausdorff_dt_terms(prepared: Prepared, alpha: float, spacing: Spacing, include_background, backend: str,
+                        cache) -> Tensor:
     alpha = check_number("alpha", alpha, low=0.0, low_inclusive=False)
     backend = _check_backend(backend)
     weights = _foreground_weights(prepared, include_background)
@@ -237,9 +253,16 @@ def _hausdorff_dt_terms(prepared: Prepared, alpha: float, spacing: Spacing, incl
     with torch.no_grad():
         scored = weights > 0  # distances only for the classes that count
         predicted = (probs.detach() > 0.5) & prepared.valid_bool().unsqueeze(1)  # ignored pixels: in no region
-        regions = torch.cat([_regions(prepared)[:, scored], predicted[:, scored]], dim=1)
-        fields = boundary_distance(regions, spacing, spatial_dims=spatial_dims, backend=backend)
-        target_field, prediction_field = fields.to(probs.dtype).chunk(2, dim=1)
+        def fields(regions: Tensor, spacing: Spacing, backend: str) -> Tensor:
+            return boundary_distance(regions, spacing, spatial_dims=spatial_dims, backend=backend)
+
+        if cache is None:  # one call for both fields
+            both = fields(torch.cat([_regions(prepared)[:, scored], predicted[:, scored]], dim=1), spacing, backend)
+            target_field, prediction_field = both.to(probs.dtype).chunk(2, dim=1)
+        else:
+            target_field = _target_maps(_regions(prepared)[:, scored], "boundary", spacing, backend, cache, fields)
+            prediction_field = fields(predicted[:, scored], spacing, backend)
+            target_field, prediction_field = target_field.to(probs.dtype), prediction_field.to(probs.dtype)
         distance = torch.zeros_like(probs)
         distance[:, scored] = target_field**alpha + prediction_field**alpha
     errors = (probs - prepared.target) ** 2
@@ -256,6 +279,7 @@ def hausdorff_dt_loss(
     mode: str | None = None,
     ignore_index: int | None = None,
     backend: str = "auto",
+    cache: DistanceMapCache | None = None,
     reduction: str = "mean",
 ) -> Tensor:
     r"""Hausdorff-distance loss, distance-transform variant: squared errors weighted by the distances
@@ -287,7 +311,7 @@ def hausdorff_dt_loss(
         True
     """
     prepared = prepare(logits, target, mode=mode, ignore_index=ignore_index)
-    per_pixel = _hausdorff_dt_terms(prepared, alpha, spacing, include_background, backend)
+    per_pixel = _hausdorff_dt_terms(prepared, alpha, spacing, include_background, backend, cache)
     return reduce_images(prepared.image_mean(per_pixel), reduction)
 
 
@@ -304,14 +328,15 @@ def _caliva_phi(regions: Tensor, spacing: Spacing, backend: str) -> Tensor:
     return torch.where(has_boundary & regions, phi, 0.0)
 
 
-def _distance_map_ce_terms(prepared: Prepared, spacing: Spacing, backend: str) -> Tensor:
+def _distance_map_ce_terms(prepared: Prepared, spacing: Spacing, backend: str, cache) -> Tensor:
     """(B, *S) per-pixel (1 + Phi) weighted cross-entropy."""
     regions = _regions(prepared)
     if prepared.mode == "multiclass":
-        phi = _caliva_phi(regions, spacing, backend).to(prepared.logits.dtype)
+        phi = _target_maps(regions, "caliva", spacing, backend, cache, _caliva_phi).to(prepared.logits.dtype)
         return prepared.mask(-(prepared.target * (1.0 + phi) * prepared.logits.log_softmax(dim=1)).sum(dim=1))
     # sigmoid modes: each channel has a foreground and a background region, each with its own Phi
-    both = _caliva_phi(torch.cat([regions, ~regions & prepared.valid_bool().unsqueeze(1)], dim=1), spacing, backend)
+    both_regions = torch.cat([regions, ~regions & prepared.valid_bool().unsqueeze(1)], dim=1)
+    both = _target_maps(both_regions, "caliva", spacing, backend, cache, _caliva_phi)
     foreground_phi, background_phi = both.to(prepared.logits.dtype).chunk(2, dim=1)
     bce = F.binary_cross_entropy_with_logits(prepared.logits, prepared.target, reduction="none")
     return prepared.mask((bce * (1.0 + foreground_phi + background_phi)).mean(dim=1))
@@ -325,6 +350,7 @@ def distance_map_ce_loss_per_pixel(
     mode: str | None = None,
     ignore_index: int | None = None,
     backend: str = "auto",
+    cache: DistanceMapCache | None = None,
 ) -> Tensor:
     """Per-pixel distance-map cross-entropy, (B, *S); see :func:`distance_map_ce_loss`.
 
@@ -336,7 +362,7 @@ def distance_map_ce_loss_per_pixel(
         True
     """
     prepared = prepare(logits, target, mode=mode, ignore_index=ignore_index)
-    return _distance_map_ce_terms(prepared, spacing, _check_backend(backend))
+    return _distance_map_ce_terms(prepared, spacing, _check_backend(backend), cache)
 
 
 def distance_map_ce_loss(
@@ -347,6 +373,7 @@ def distance_map_ce_loss(
     mode: str | None = None,
     ignore_index: int | None = None,
     backend: str = "auto",
+    cache: DistanceMapCache | None = None,
     reduction: str = "mean",
 ) -> Tensor:
     r"""Distance-map penalised cross-entropy: CE weighted by :math:`1+\Phi`, largest at the boundaries.
@@ -379,7 +406,7 @@ def distance_map_ce_loss(
         1.301
     """
     prepared = prepare(logits, target, mode=mode, ignore_index=ignore_index)
-    per_pixel = _distance_map_ce_terms(prepared, spacing, _check_backend(backend))
+    per_pixel = _distance_map_ce_terms(prepared, spacing, _check_backend(backend), cache)
     return reduce_images(prepared.image_mean(per_pixel), reduction)
 
 
@@ -405,6 +432,7 @@ def region_wise_loss_per_pixel(
     mode: str | None = None,
     ignore_index: int | None = None,
     backend: str = "auto",
+    cache: DistanceMapCache | None = None,
 ) -> Tensor:
     """Per-pixel region-wise loss, (B, *S); see :func:`region_wise_loss`.
 
@@ -416,12 +444,14 @@ def region_wise_loss_per_pixel(
         True
     """
     prepared = prepare(logits, target, mode=mode, ignore_index=ignore_index)
-    return _region_wise_terms(prepared, spacing, include_background, backend)
+    return _region_wise_terms(prepared, spacing, include_background, backend, cache)
 
 
-def _region_wise_terms(prepared: Prepared, spacing: Spacing, include_background: bool, backend: str) -> Tensor:
+def _region_wise_terms(prepared: Prepared, spacing: Spacing, include_background: bool, backend: str,
+                       cache) -> Tensor:
     weights = class_average_weights(prepared, include_background)
-    maps = _rectified_maps(_regions(prepared), spacing, _check_backend(backend)).to(prepared.logits.dtype)
+    maps = _target_maps(_regions(prepared), "rectified", spacing, _check_backend(backend), cache, _rectified_maps)
+    maps = maps.to(prepared.logits.dtype)
     return _per_pixel_class_mean(maps * prepared.probs(), weights, prepared)
 
 
@@ -434,6 +464,7 @@ def region_wise_loss(
     mode: str | None = None,
     ignore_index: int | None = None,
     backend: str = "auto",
+    cache: DistanceMapCache | None = None,
     reduction: str = "mean",
 ) -> Tensor:
     r"""Region-wise loss with rectified region-wise maps: probabilities weighted by a map that rewards
@@ -463,7 +494,7 @@ def region_wise_loss(
         -0.3333
     """
     prepared = prepare(logits, target, mode=mode, ignore_index=ignore_index)
-    per_pixel = _region_wise_terms(prepared, spacing, include_background, backend)
+    per_pixel = _region_wise_terms(prepared, spacing, include_background, backend, cache)
     return reduce_images(prepared.image_mean(per_pixel), reduction)
 
 
@@ -559,11 +590,14 @@ def boundary_dou_loss(
 
 
 class _DistanceLoss(Loss):
-    """Common options of the distance-map losses."""
+    """Common options of the distance-map losses; ``cache_target_maps=True`` keeps the target maps of
+    every image seen in a :class:`~seglosses.distance.DistanceMapCache` (for static targets)."""
 
     has_per_pixel = True
 
-    def __init__(self, reduction: str, **options) -> None:
+    def __init__(self, reduction: str, cache_target_maps: bool = False, **options) -> None:
+        check_type("cache_target_maps", cache_target_maps, bool)
+        options["cache"] = DistanceMapCache() if cache_target_maps else None
         if options.get("spacing") is not None and not isinstance(options["spacing"], (int, float)):
             options["spacing"] = tuple(float(v) for v in options["spacing"])
         _check_backend(options.get("backend", "auto"))
@@ -592,10 +626,13 @@ class BoundaryLoss(_DistanceLoss):
         mode: str | None = None,
         ignore_index: int | None = None,
         backend: str = "auto",
+        cache_target_maps: bool = False,
         reduction: str = "mean",
     ) -> None:
-        super().__init__(reduction, spacing=spacing, include_background=include_background, mode=mode,
-                         ignore_index=ignore_index, backend=backend)
+        super().__init__(
+            reduction, cache_target_maps, spacing=spacing, include_background=include_background, mode=mode,
+            ignore_index=ignore_index, backend=backend
+        )
 
 
 @register_loss("hausdorff_dt")
@@ -621,11 +658,14 @@ class HausdorffDTLoss(_DistanceLoss):
         mode: str | None = None,
         ignore_index: int | None = None,
         backend: str = "auto",
+        cache_target_maps: bool = False,
         reduction: str = "mean",
     ) -> None:
         check_number("alpha", alpha, low=0.0, low_inclusive=False)
-        super().__init__(reduction, alpha=alpha, spacing=spacing, include_background=include_background, mode=mode,
-                         ignore_index=ignore_index, backend=backend)
+        super().__init__(
+            reduction, cache_target_maps, alpha=alpha, spacing=spacing, include_background=include_background,
+            mode=mode, ignore_index=ignore_index, backend=backend
+        )
 
 
 @register_loss("distance_map_ce")
@@ -649,9 +689,12 @@ class DistanceMapCELoss(_DistanceLoss):
         mode: str | None = None,
         ignore_index: int | None = None,
         backend: str = "auto",
+        cache_target_maps: bool = False,
         reduction: str = "mean",
     ) -> None:
-        super().__init__(reduction, spacing=spacing, mode=mode, ignore_index=ignore_index, backend=backend)
+        super().__init__(
+            reduction, cache_target_maps, spacing=spacing, mode=mode, ignore_index=ignore_index, backend=backend
+        )
 
 
 @register_loss("region_wise")
@@ -676,10 +719,13 @@ class RegionWiseLoss(_DistanceLoss):
         mode: str | None = None,
         ignore_index: int | None = None,
         backend: str = "auto",
+        cache_target_maps: bool = False,
         reduction: str = "mean",
     ) -> None:
-        super().__init__(reduction, spacing=spacing, include_background=include_background, mode=mode,
-                         ignore_index=ignore_index, backend=backend)
+        super().__init__(
+            reduction, cache_target_maps, spacing=spacing, include_background=include_background, mode=mode,
+            ignore_index=ignore_index, backend=backend
+        )
 
 
 @register_loss("boundary_dou")
