@@ -76,12 +76,11 @@ def _spatial_count(prepared: Prepared) -> int:
     return len(prepared.spatial_dims)
 
 
-def _foreground_weights(prepared: Prepared, include_background: bool | None, class_weights=None) -> Tensor:
-    """(C,) weights averaging over the scored classes: without channel 0 in multiclass mode by default,
-    every channel in the sigmoid modes (each is a foreground)."""
-    if include_background is None:
-        include_background = prepared.mode != "multiclass"
-    return class_average_weights(prepared, include_background, class_weights)
+def _foreground_weights(prepared: Prepared, include_background: bool, class_weights=None) -> Tensor:
+    """(C,) weights averaging over the scored classes: channel 0 only with ``include_background`` in
+    multiclass mode; every channel in the sigmoid modes (each is a foreground)."""
+    check_type("include_background", include_background, bool)
+    return class_average_weights(prepared, include_background or prepared.mode != "multiclass", class_weights)
 
 
 def _per_pixel_class_mean(values: Tensor, weights: Tensor, prepared: Prepared) -> Tensor:
@@ -120,7 +119,7 @@ def boundary_loss_per_pixel(
     target: Tensor,
     *,
     spacing: Spacing = None,
-    include_background: bool | None = None,
+    include_background: bool = False,
     mode: str | None = None,
     ignore_index: int | None = None,
     backend: str = "auto",
@@ -139,11 +138,14 @@ def boundary_loss_per_pixel(
     return _boundary_terms(prepared, spacing, include_background, backend, cache)
 
 
-def _boundary_terms(prepared: Prepared, spacing: Spacing, include_background: bool | None, backend: str,
+def _boundary_terms(prepared: Prepared, spacing: Spacing, include_background: bool, backend: str,
                     cache) -> Tensor:
     weights = _foreground_weights(prepared, include_background)
-    maps = _target_maps(_regions(prepared), "kervadec", spacing, _check_backend(backend), cache, _kervadec_maps)
-    maps = maps.to(prepared.logits.dtype)
+    scored = weights > 0  # maps only for the classes that count
+    maps = torch.zeros_like(prepared.logits)
+    maps[:, scored] = _target_maps(
+        _regions(prepared)[:, scored], "kervadec", spacing, _check_backend(backend), cache, _kervadec_maps
+    ).to(prepared.logits.dtype)
     return _per_pixel_class_mean(maps * prepared.probs(), weights, prepared)
 
 
@@ -152,7 +154,7 @@ def boundary_loss(
     target: Tensor,
     *,
     spacing: Spacing = None,
-    include_background: bool | None = None,
+    include_background: bool = False,
     mode: str | None = None,
     ignore_index: int | None = None,
     backend: str = "auto",
@@ -176,8 +178,8 @@ def boundary_loss(
         logits: (B, C, *S) scores (softmax in multiclass mode, sigmoid otherwise).
         target: labels (B, *S) / (B, 1, *S) or a dense (B, C, *S) target (its regions are t > 0.5).
         spacing: voxel spacing, one number or one per spatial axis; None for unit spacing.
-        include_background: score channel 0 too; None: False in multiclass mode (Kervadec's ``idc``
-            = the foreground classes), True in the sigmoid modes.
+        include_background: score channel 0 too in multiclass mode (default False: Kervadec's ``idc`` =
+            the foreground classes); in the sigmoid modes every channel is a foreground and scored.
         mode, ignore_index: as in :func:`~seglosses.pixel.cross_entropy`.
         backend: distance kernel, "auto", "scipy" or "torch".
         cache: a :class:`~seglosses.distance.DistanceMapCache` that keeps the target's maps per image
@@ -224,7 +226,7 @@ def hausdorff_dt_loss_per_pixel(
     *,
     alpha: float = 2.0,
     spacing: Spacing = None,
-    include_background: bool | None = None,
+    include_background: bool = False,
     mode: str | None = None,
     ignore_index: int | None = None,
     backend: str = "auto",
@@ -275,7 +277,7 @@ def hausdorff_dt_loss(
     *,
     alpha: float = 2.0,
     spacing: Spacing = None,
-    include_background: bool | None = None,
+    include_background: bool = False,
     mode: str | None = None,
     ignore_index: int | None = None,
     backend: str = "auto",
@@ -622,7 +624,7 @@ class BoundaryLoss(_DistanceLoss):
         self,
         *,
         spacing: Spacing = None,
-        include_background: bool | None = None,
+        include_background: bool = False,
         mode: str | None = None,
         ignore_index: int | None = None,
         backend: str = "auto",
@@ -654,7 +656,7 @@ class HausdorffDTLoss(_DistanceLoss):
         *,
         alpha: float = 2.0,
         spacing: Spacing = None,
-        include_background: bool | None = None,
+        include_background: bool = False,
         mode: str | None = None,
         ignore_index: int | None = None,
         backend: str = "auto",

@@ -1668,7 +1668,7 @@ def cldice_loss(
     *,
     iterations: int = 3,
     batch: bool = False,
-    include_background: bool | None = None,
+    include_background: bool = False,
     mode: str | None = None,
     ignore_index: int | None = None,
     smooth: float = 1.0,
@@ -1695,8 +1695,8 @@ def cldice_loss(
         target: labels (B, *S) / (B, 1, *S) or a dense (B, C, *S) target.
         iterations: skeletonisation iterations (reference: 3; about the largest radius to thin).
         batch: pool the sums over the batch (the reference) or not (default, per image).
-        include_background: score channel 0 too; None: not in multiclass mode (the reference's ``[:, 1:]``),
-            every channel in the sigmoid modes.
+        include_background: score channel 0 too in multiclass mode (default False: the reference's
+            ``[:, 1:]``); in the sigmoid modes every channel is a foreground and scored.
         mode, ignore_index: as in :func:`dice_loss`.
         smooth: the additive smoothing :math:`s` (> 0; reference 1).
         reduction: "mean" or "sum" over images, or "none" for (B,).
@@ -1718,12 +1718,8 @@ def cldice_loss(
     prepared = prepare(logits, target, mode=mode, ignore_index=ignore_index)
     if len(prepared.spatial_dims) not in (2, 3):
         fail("logits", "of shape (B, C, H, W) or (B, C, D, H, W)", tuple(logits.shape))
-    if include_background is None:
-        include_background = prepared.mode != "multiclass"
     check_type("include_background", include_background, bool)
-    first = 0 if include_background else 1
-    if first >= prepared.num_classes:
-        fail("include_background", "True when there is a single channel", include_background)
+    first = 0 if include_background or prepared.mode != "multiclass" else 1
     probs = prepared.mask(prepared.probs())[:, first:]
     dense = prepared.target[:, first:]
     skeleton_pred, skeleton_true = soft_skeleton(probs, iterations), soft_skeleton(dense, iterations)
@@ -1756,7 +1752,7 @@ class ClDiceLoss(Loss):
         *,
         iterations: int = 3,
         batch: bool = False,
-        include_background: bool | None = None,
+        include_background: bool = False,
         mode: str | None = None,
         ignore_index: int | None = None,
         smooth: float = 1.0,
