@@ -324,3 +324,31 @@ def test_help_shows_the_options_not_torchs_defaults(cls):
         if option != "self":
             assert option in init_doc, f"{cls.__name__}.__init__ does not describe `{option}`"
     assert "logits" in inspect.getdoc(cls.forward)
+
+
+# --------------------------------------------------------------------------- value checks of a module's forward
+
+
+def test_forward_on_cpu_finds_non_finite_logits_from_the_value_without_scanning_them():
+    from seglosses.targets import LOGITS_CHECKED_AFTER
+
+    seen = []
+
+    class Probe(Loss):
+        @staticmethod
+        def function(logits, target, reduction="mean"):
+            seen.append(LOGITS_CHECKED_AFTER.get())
+            return reduce_images(prepare(logits, target).logits.mean(dim=(1, 2, 3)), reduction)
+
+    logits, labels = inputs()
+    Probe()(logits, labels)
+    Probe().per_image(logits, labels)
+    assert seen == [True, False] and not LOGITS_CHECKED_AFTER.get()
+    for loss in (DiceLoss(), CrossEntropyLoss(ignore_index=2), 0.5 * DiceLoss() + FocalLoss()):
+        for bad in (float("nan"), float("inf")):
+            broken = logits.clone()
+            broken[0, 1, 2, 3] = bad
+            with pytest.raises(ValueError, match="^Expected `logits` to be finite"):
+                loss(broken, labels)
+    with pytest.raises(ValueError, match="^Expected `target` to be labels in"):  # labels are still checked first
+        DiceLoss()(logits, labels + 5)

@@ -24,8 +24,16 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from seglosses._checks import check_number, check_one_of, check_type, describe, fail
-from seglosses.targets import MODES, check_logits, infer_mode
+from seglosses._checks import (
+    check_finite_tensor,
+    check_number,
+    check_one_of,
+    check_type,
+    describe,
+    fail,
+    value_checks_enabled,
+)
+from seglosses.targets import LOGITS_CHECKED_AFTER, MODES, check_logits, infer_mode
 
 REDUCTIONS: tuple[str, ...] = ("mean", "sum", "none")
 
@@ -247,6 +255,20 @@ class Loss(nn.Module):
         Returns:
             A scalar for ``reduction`` "mean" or "sum", the (B,) per-image losses for "none".
         """
+        if value_checks_enabled() and isinstance(logits, Tensor) and logits.device.type == "cpu":
+            # On the CPU a non-finite logit is found from the loss value instead of a pass over the logits
+            # (on a GPU the logits' sum is fused into the label check's single sync).
+            token = LOGITS_CHECKED_AFTER.set(True)
+            try:
+                value = self._forward(logits, target)
+            finally:
+                LOGITS_CHECKED_AFTER.reset(token)
+            if not bool(torch.isfinite(value).all()):
+                check_finite_tensor("logits", logits)
+            return value
+        return self._forward(logits, target)
+
+    def _forward(self, logits: Tensor, target: Tensor) -> Tensor:
         if self.function is None:
             return reduce_images(self.per_image(logits, target), self.reduction)
         self.check_mode(logits)  # through the function, which may take a faster path for its reduction

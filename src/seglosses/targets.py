@@ -7,6 +7,7 @@ and upcasts half-precision logits to float32 (float64 stays float64).
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Literal
 
 import torch
@@ -14,6 +15,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from seglosses._checks import check_floating, check_one_of, check_tensor, fail, value_checks_enabled
+
+# Set by a loss module's forward on the CPU: the logits' finiteness is checked on the loss value afterwards
+# (a non-finite logit makes the value non-finite), which saves a pass over the logits (see Loss.forward).
+LOGITS_CHECKED_AFTER: ContextVar[bool] = ContextVar("logits_checked_after", default=False)
 
 Mode = Literal["multiclass", "binary", "multilabel"]
 MODES: tuple[str, ...] = ("multiclass", "binary", "multilabel")
@@ -280,7 +285,8 @@ def _check_values(
     the error: integer labels arrive with their ignored pixels already set to a valid label.
     """
     with torch.no_grad():
-        logit_sum = logits.detach().sum()
+        scan_logits = not LOGITS_CHECKED_AFTER.get()
+        logit_sum = logits.detach().sum() if scan_logits else logits.new_zeros(())
         fine = torch.isfinite(logit_sum) & _labels_in_range(target, low, high)
         if whole is not None:
             fine &= whole
