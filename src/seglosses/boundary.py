@@ -53,6 +53,23 @@ Spacing = float | Sequence[float] | None
 # --------------------------------------------------------------------------- shared pieces
 
 
+def _check_spacing(spacing: Spacing) -> float | tuple[float, ...] | None:
+    """None, one positive number, or a sequence of positive numbers (one per spatial axis)."""
+    expected = "None, a positive number or a sequence of positive numbers (one per spatial axis)"
+    if spacing is None:
+        return None
+    if isinstance(spacing, (int, float)) and not isinstance(spacing, bool):
+        return check_number("spacing", spacing, low=0.0, low_inclusive=False)
+    if isinstance(spacing, Tensor):
+        spacing = spacing.tolist()
+    if not isinstance(spacing, (list, tuple)) or not spacing:
+        fail("spacing", expected, repr(spacing), TypeError)
+    for step in spacing:
+        if isinstance(step, bool) or not isinstance(step, (int, float)) or not step > 0:
+            fail("spacing", expected, repr(spacing))
+    return tuple(float(step) for step in spacing)
+
+
 def _check_backend(backend: str) -> str:
     if backend not in BACKENDS:
         fail("backend", f"one of {list(BACKENDS)}", repr(backend))
@@ -600,8 +617,7 @@ class _DistanceLoss(Loss):
     def __init__(self, reduction: str, cache_target_maps: bool = False, **options) -> None:
         check_type("cache_target_maps", cache_target_maps, bool)
         options["cache"] = DistanceMapCache() if cache_target_maps else None
-        if options.get("spacing") is not None and not isinstance(options["spacing"], (int, float)):
-            options["spacing"] = tuple(float(v) for v in options["spacing"])
+        options["spacing"] = _check_spacing(options.get("spacing"))
         _check_backend(options.get("backend", "auto"))
         super().__init__(reduction, **options)
 

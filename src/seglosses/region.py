@@ -1457,7 +1457,10 @@ def _cost_matrix(cost_matrix, num_classes: int, like: Tensor) -> Tensor:
     if cost_matrix is None:
         return 1.0 - torch.eye(num_classes, dtype=like.dtype, device=like.device)
     if isinstance(cost_matrix, (list, tuple)):
-        cost_matrix = torch.tensor(cost_matrix, dtype=torch.float64)
+        try:
+            cost_matrix = torch.tensor(cost_matrix, dtype=torch.float64)
+        except (TypeError, ValueError):
+            fail("cost_matrix", "a (C, C) nested sequence of numbers", repr(cost_matrix), TypeError)
     if not isinstance(cost_matrix, Tensor):
         fail("cost_matrix", "None, a (C, C) tensor or a nested sequence", type(cost_matrix).__name__, TypeError)
     if cost_matrix.shape != (num_classes, num_classes):
@@ -1611,6 +1614,10 @@ class GeneralizedWassersteinDiceLoss(Loss):
     ) -> None:
         check_one_of("weighting", weighting, WASSERSTEIN_WEIGHTINGS)
         check_number("eps", eps, low=0.0, low_inclusive=False)
+        if cost_matrix is not None:
+            check_type("cost_matrix", cost_matrix, (Tensor, list, tuple))
+            matrix = _cost_matrix(cost_matrix, len(cost_matrix), torch.zeros(()))  # checked again against C
+            cost_matrix = matrix if isinstance(cost_matrix, Tensor) else matrix.tolist()
         super().__init__(
             reduction, cost_matrix=cost_matrix, weighting=weighting, mode=mode, ignore_index=ignore_index, eps=eps
         )
