@@ -34,7 +34,7 @@ import seglosses
 from seglosses.lab.config import config_from_dict
 from seglosses.lab.data import build_splits
 from seglosses.lab.models import build_model
-from seglosses.lab.train import build_criterion, lr_factor, train
+from seglosses.lab.train import build_criterion, load_checkpoint, lr_factor, save_checkpoint, train
 
 
 def run_config(args: argparse.Namespace, epochs: int, out_dir: Path, envelope: bool):
@@ -110,6 +110,19 @@ def loader_images_per_second(args, splits) -> float:
     return images / (time.perf_counter() - start)
 
 
+def checkpoint_write_seconds(args, splits) -> float:
+    """Median time to write a run's last.pt atomically (temporary file, fsync, rename)."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "run"
+        train(run_config(args, 1, out, envelope=True), splits=splits)
+        state, times = load_checkpoint(out / "last.pt"), []
+        for _ in range(5):
+            start = time.perf_counter()
+            save_checkpoint(state, out / "last.pt")
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -149,6 +162,8 @@ def main() -> None:
                      "bare_epoch_samples": bare, "runner_epoch_samples": runner})
         print(f"{rows[-1]['loss']:40s} bare {bare_s:.3f} s/epoch, runner {runner_s:.3f} s/epoch, "
               f"overhead {rows[-1]['overhead_percent']:+.1f}%", flush=True)
+    checkpoint_s = checkpoint_write_seconds(args, splits)
+    print(f"last.pt write (model, AdamW, envelope state): {checkpoint_s:.3f} s", flush=True)
     loader_rate = statistics.median(loader_images_per_second(args, splits) for _ in range(3))
     step_rate = rows[0]["bare_images_per_s"]
     print(f"loader {loader_rate:.0f} images/s, model step {step_rate:.1f} images/s", flush=True)
@@ -173,6 +188,7 @@ def main() -> None:
         "seglosses_commit": git_commit(),
         "load_average_before_after": [load_before, load_average()],
         "overhead": rows,
+        "checkpoint_write_s": checkpoint_s,
         "loader_images_per_s": loader_rate,
         "model_step_images_per_s": step_rate,
     }
@@ -188,13 +204,18 @@ def main() -> None:
         f"before/after {described['load_average_before_after']}",
         "- Target: `seglosses.lab.train` adds at most 5% per epoch over a bare loop with the same model, loss,"
         " optimiser, schedule and data. Runner per epoch = (T(E + K) - T(E)) / K of whole runs"
-        f" (E = {args.epochs}, K = {args.extra_epochs}): everything an epoch does, checkpoints and logs included;"
-        " augmentation off in both, validation only after the last epoch (it cancels).",
+        f" (E = {args.epochs}, K = {args.extra_epochs}): everything an epoch does (log, envelope records);"
+        " augmentation off in both, validation only after the last epoch (it cancels). `last.pt` is written"
+        " after the last epoch and otherwise at most every `train.checkpoint_every_s` (60 s), so in these"
+        " short epochs it cancels too; its cost is measured on its own below.",
         "",
         "| loss | bare s/epoch | runner s/epoch | overhead | bare images/s | runner images/s |",
         "|---|---:|---:|---:|---:|---:|",
         *(f"| {r['loss']} | {r['bare_epoch_s']:.3f} | {r['runner_epoch_s']:.3f} | {r['overhead_percent']:+.1f}% "
           f"| {r['bare_images_per_s']:.1f} | {r['runner_images_per_s']:.1f} |" for r in rows),
+        "",
+        f"Writing `last.pt` (model, AdamW and envelope state, temporary file + fsync + rename): {checkpoint_s:.3f} s;"
+        " with `train.checkpoint_every_s: 0` (every epoch) add this to every epoch.",
         "",
         f"Data loader alone (cached arrays, batch {args.batch_size}, {args.num_workers} workers): "
         f"{loader_rate:.0f} images/s; model step (forward + backward + AdamW): {step_rate:.1f} images/s, "

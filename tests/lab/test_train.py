@@ -10,6 +10,7 @@ import importlib
 import importlib.util
 import json
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,7 +156,7 @@ def test_resuming_with_a_different_config_is_refused_with_the_differing_keys(tmp
 
 
 def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    config = tiny_config(tmp_path / "run", train={"epochs": 2})
+    config = tiny_config(tmp_path / "run", train={"epochs": 2, "checkpoint_every_s": 0.0})  # after every epoch
     real_save, writes, kept = torch.save, {"last": 0}, {}
 
     def save_until_full(obj, handle, *args, **kwargs):  # the disk fills up at the second last.pt
@@ -177,6 +178,20 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path,
     assert not (tmp_path / "run" / "last.pt.tmp").exists()
     assert load_checkpoint(tmp_path / "run" / "last.pt")["epochs_completed"] == 1
     assert run(config, resume=True).epochs_completed == 2  # and it resumes
+
+
+@pytest.mark.parametrize(("every_s", "writes"), [(0.0, 3), (3600.0, 1)])
+def test_last_checkpoint_every_epoch_or_at_most_every_so_many_seconds(tmp_path, monkeypatch, every_s, writes):
+    real_save, written = torch.save, []
+
+    def counting_save(obj, handle, *args, **kwargs):
+        written.append(Path(handle.name).name)
+        return real_save(obj, handle, *args, **kwargs)
+
+    monkeypatch.setattr(train_module.torch, "save", counting_save)
+    run(tiny_config(tmp_path / "run", train={"epochs": 3, "val_every": 0, "checkpoint_every_s": every_s}))
+    assert written.count("last.pt.tmp") == writes  # the last epoch always writes it
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epochs_completed"] == 3
 
 
 def test_losses_that_cannot_serve_the_data_are_refused(monkeypatch):

@@ -778,7 +778,7 @@ def _train(config: RunConfig, out_dir: Path, splits: Any, resume: bool | str | P
     order = _Order()
     loader = _loader(splits.train, local_batch, order, run.num_workers, device.type == "cuda")
     show_bars = run.progress and main_process and sys.stderr.isatty()
-    interrupted = False
+    interrupted, last_checkpoint = False, time.perf_counter()
     with _StopFlag() as stop:
         while epoch <= run.epochs:
             epoch_start = time.perf_counter()
@@ -910,7 +910,10 @@ def _train(config: RunConfig, out_dir: Path, splits: Any, resume: bool | str | P
             epoch += 1
             if main_process:
                 _write_log(out_dir / "log.csv", history)
-                save_checkpoint(checkpoint_state(epoch, 0, {}), out_dir / "last.pt")
+                # last.pt after the last epoch, on a stop, and otherwise at most every checkpoint_every_s.
+                if stop_now or epoch > run.epochs or time.perf_counter() - last_checkpoint >= run.checkpoint_every_s:
+                    save_checkpoint(checkpoint_state(epoch, 0, {}), out_dir / "last.pt")
+                    last_checkpoint = time.perf_counter()
                 if writer is not None:
                     for key, value in row.items():
                         if key != "epoch" and isinstance(value, (int, float)) and value is not None:
