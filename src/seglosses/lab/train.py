@@ -15,8 +15,8 @@ run on the CPU gives bit-identical parameters to an uninterrupted one. Ctrl-C or
 the current step, writes ``last.pt`` and returns (``RunResult.interrupted``).
 
 DDP: launched with ``torchrun``, every process calls ``train(config)``; ``train.batch_size`` is the
-global batch, split evenly. Rank ``r`` takes positions ``r, r + W, ...`` of the epoch's permutation,
-so the processes together see the same global batches as one process. The envelope keeps a
+global batch, split evenly. Rank ``r`` takes positions ``r, r + W, ...`` of the epoch's permutation
+(``DistributedSampler``), so the processes together see the same global batches as one process. The envelope keeps a
 global ledger; validation and test metrics are gathered across processes; rank 0 writes files.
 """
 
@@ -42,7 +42,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from seglosses.envelope import TopKBottomSigma
 from seglosses.lab.config import (
@@ -333,7 +333,7 @@ def _seed_everything(seed: int) -> None:
 
 
 class _Order(Sampler[int]):
-    """Yields the indices it was last given (the epoch's shard of a seeded permutation)."""
+    """Yields the indices it was last given (this process's part of the epoch, from :func:`_epoch_order`)."""
 
     def __init__(self) -> None:
         self.indices: list[int] = []
@@ -345,17 +345,13 @@ class _Order(Sampler[int]):
         return len(self.indices)
 
 
-def _shard(order: list[int], rank: int, world: int) -> list[int]:
-    """This process's share of ``order``: positions rank, rank + W, ... (padded by wrapping so that every
-    process takes the same number of samples, as DistributedSampler does)."""
-    padded = order + order[: (-len(order)) % world]
-    return padded[rank::world]
-
-
-def _epoch_order(num_samples: int, seed: int, epoch: int, rank: int, world: int) -> list[int]:
-    """This process's share of the epoch's permutation, seeded by (seed, epoch)."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return _shard(torch.randperm(num_samples, generator=generator).tolist(), rank, world)
+def _epoch_order(dataset: Dataset, seed: int, epoch: int, rank: int, world: int, shuffle: bool = True) -> list[int]:
+    """This process's indices for ``epoch``: PyTorch's DistributedSampler (a permutation seeded by
+    seed + epoch, padded by wrapping, positions rank, rank + W, ...), as a list so a resumed epoch
+    can skip the batches already done."""
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+    sampler.set_epoch(epoch)
+    return list(sampler)
 
 
 def _loader(dataset: Dataset, batch_size: int, sampler: Sampler | None, num_workers: int, pin: bool) -> DataLoader:
@@ -770,7 +766,7 @@ def _train(config: RunConfig, out_dir: Path, splits: Any, resume: bool | str | P
 
     if envelope is not None and envelope.config.ledger_init == "prepass" and checkpoint is None:
         prepass_loader = _loader(splits.train, local_batch, _Order(), run.num_workers, device.type == "cuda")
-        prepass_loader.sampler.indices = _shard(list(range(num_train)), rank, world)
+        prepass_loader.sampler.indices = _epoch_order(splits.train, run.seed, 0, rank, world, shuffle=False)
         with torch.no_grad():
             envelope.prepass(((b["image"].to(device), b["mask"].to(device), b["index"].to(device))
                               for b in prepass_loader), model=model)
@@ -782,7 +778,7 @@ def _train(config: RunConfig, out_dir: Path, splits: Any, resume: bool | str | P
     with _StopFlag() as stop:
         while epoch <= run.epochs:
             epoch_start = time.perf_counter()
-            shard = _epoch_order(num_train, run.seed, epoch, rank, world)
+            shard = _epoch_order(splits.train, run.seed, epoch, rank, world)
             order.indices = shard[start_step * local_batch:]
             sums = {"loss": torch.zeros((), dtype=torch.float64, device=device),
                     "unscaled": torch.zeros((), dtype=torch.float64, device=device),
