@@ -610,6 +610,8 @@ def _resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"Expected `train.device` to be a device this machine has, but got {name!r} "
                          f"(CUDA is not available).")
+    if device.type == "cuda" and device.index is None:  # one GPU per torchrun process
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return device
 
 
