@@ -322,3 +322,9 @@ def test_an_hc18_subset_trains_end_to_end_with_noise_and_the_envelope(tmp_path, 
     assert len(result.history) == 2 and result.test["units"] == 3
     assert list(result.test["per_class"]["dice"]) == ["head"]
     assert 0.0 <= result.test["mean"]["dice"] <= 1.0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_a_cuda_device_without_cuda_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"`train\.device` to be a device this machine has, but got 'cuda'"):
+        run(tiny_config(tmp_path / "run", train={"device": "cuda"}))
