@@ -306,6 +306,12 @@ def test_empty_splits_and_bad_samples_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"the val split to hold samples, but got an empty split"):
         train(tiny_config(tmp_path / "a"), splits=splits)
     splits = disc_splits()
+    splits.train.samples[1] = {**splits.train.samples[1], "image": torch.zeros(1, 32, 40),
+                               "mask": torch.zeros(32, 40, dtype=torch.long)}
+    with pytest.raises(ValueError, match=r"images of a batch to share one size \(set `data\.image_size`\), but got "
+                                         r"\[\(1, 32, 32\), \(1, 32, 40\)\]"):
+        train(tiny_config(tmp_path / "c"), splits=splits)
+    splits = disc_splits()
     splits.train = [(torch.zeros(1, 32, 32), torch.zeros(32, 32, dtype=torch.long))] * 4
     with pytest.raises(TypeError, match=r"dicts with keys \['image', 'mask'.*but got tuple"):
         train(tiny_config(tmp_path / "b"), splits=splits)

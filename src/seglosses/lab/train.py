@@ -42,7 +42,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, default_collate
 
 from seglosses.envelope import TopKBottomSigma
 from seglosses.lab.config import (
@@ -354,9 +354,18 @@ def _epoch_order(dataset: Dataset, seed: int, epoch: int, rank: int, world: int,
     return list(sampler)
 
 
+def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """PyTorch's default collation, with a clear error when the images of a batch differ in size."""
+    sizes = {tuple(sample["image"].shape) for sample in samples}
+    if len(sizes) > 1:
+        raise ValueError(f"Expected the images of a batch to share one size (set `data.image_size`), but got "
+                         f"{sorted(sizes)} for cases {[sample['case_id'] for sample in samples]}.")
+    return default_collate(samples)
+
+
 def _loader(dataset: Dataset, batch_size: int, sampler: Sampler | None, num_workers: int, pin: bool) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=num_workers,
-                      pin_memory=pin, persistent_workers=num_workers > 0, drop_last=False)
+                      pin_memory=pin, persistent_workers=num_workers > 0, drop_last=False, collate_fn=_collate)
 
 
 # --------------------------------------------------------------------------- prediction and evaluation
