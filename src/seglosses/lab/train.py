@@ -797,11 +797,12 @@ def _train(config: RunConfig, out_dir: Path, splits: Any, resume: bool | str | P
             env_sums: dict[str, Any] = {}
             records: list[Tensor] = []  # (index, weight, rank, kept fraction, image loss) per image
             loop_time = 0.0
-            if partial:
-                sums = {key: value.to(device) for key, value in partial["sums"].items()}
-                env_sums = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in partial["env_sums"].items()}
+            if partial:  # resuming inside this epoch; under DDP rank 0 holds the sums of every process
                 loop_time = partial["loop_time"]
-                records = [partial["records"].to(device)] if partial["records"].numel() else []
+                if main_process:
+                    sums = {key: value.to(device) for key, value in partial["sums"].items()}
+                    env_sums = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in partial["env_sums"].items()}
+                    records = [partial["records"].to(device)] if partial["records"].numel() else []
                 partial = {}
             model.train()
             bar = None
@@ -855,6 +856,12 @@ def _train(config: RunConfig, out_dir: Path, splits: Any, resume: bool | str | P
                 if stop_now and step < steps_per_epoch:
                     loop_time += time.perf_counter() - loop_start
                     train_time += time.perf_counter() - epoch_start
+                    if world > 1:  # rank 0 saves the epoch's partial sums of every process
+                        for value in sums.values():
+                            dist.all_reduce(value)
+                        parts: list[Any] = [None] * world
+                        dist.all_gather_object(parts, torch.cat(records).cpu() if records else torch.zeros(0, 5))
+                        records = [torch.cat(parts).to(device)]
                     if main_process:
                         saved = {"sums": {k: v.cpu() for k, v in sums.items()},
                                  "env_sums": {k: v.cpu() if isinstance(v, Tensor) else v for k, v in env_sums.items()},
