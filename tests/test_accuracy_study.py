@@ -175,3 +175,17 @@ def test_tiny_grid_runs_skips_and_aggregates(study, schedule_file, tmp_path):
     markdown = (results / "smoke" / "summary.md").read_text()
     assert "| bsigma | severe | 2 |" in markdown and "What the envelope sees" in markdown
     assert (results / "smoke" / "dice_vs_noise.png").stat().st_size > 0
+
+    # Cells made with other settings are stale: neither skipped nor aggregated (here: a retuned level).
+    import yaml
+
+    values = yaml.safe_load(schedule_file.read_text())
+    values["noise_levels"] = {"severe": {"level": "severe", "warp_amplitude": 0.5}}
+    schedule_file.write_text(yaml.safe_dump(values))
+    retuned = study.load_schedule(schedule_file)
+    assert {(c["configuration"], c["level"]) for c in study.finished_cells(retuned, runs)} == {
+        ("erm", "none"), ("bsigma", "none")}
+    cell = study.Cell("erm", "severe", 0)
+    out_dir = study.cell_dir(runs, retuned, cell)
+    finished, why = study.is_finished(out_dir, study.cell_config(retuned, cell, out_dir))
+    assert not finished and "noise parameters" in why

@@ -16,7 +16,7 @@ def _readme_commands() -> list[str]:
 def test_readme_opens_with_setup_main_job_and_tests():
     commands = _readme_commands()
     assert commands[0].startswith("python3 -m venv .venv")
-    assert commands[1].startswith(".venv/bin/python -c")
+    assert commands[1] == ".venv/bin/seglosses demo"
     assert commands[-1] == ".venv/bin/python -m pytest"
 
 

@@ -345,7 +345,38 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float, int]:
     return statistics.fmean(finite), (statistics.stdev(finite) if len(finite) > 1 else math.nan), len(finite)
 
 
-def summarize_cell(schedule: Schedule, cell: Cell, out_dir: Path, train_split: Any, wall_s: float) -> dict[str, Any]:
+def _fingerprint(config: Any) -> dict[str, Any]:
+    """What a finished cell must still match to be skipped: its resolved run config (less the keys
+    that change only where and how fast it runs) and its noise parameters (a lab level may be retuned)."""
+    from seglosses.lab.config import RESUMABLE_CHANGES, config_to_dict
+
+    values = config_to_dict(config)
+    for dotted in RESUMABLE_CHANGES:
+        section, key = dotted.split(".")
+        values[section].pop(key, None)
+    noise = config.data.noise.parameters() if config.data.noise.enabled else "none"
+    return json.loads(json.dumps({"config": values, "noise_parameters": noise}))
+
+
+def is_finished(out_dir: Path, config: Any) -> tuple[bool, str]:
+    """Whether a cell's ``cell.json`` exists and was made by the same config and noise (else why not)."""
+    path = out_dir / "cell.json"
+    if not path.is_file():
+        return False, "no cell.json"
+    from seglosses.lab.config import config_diff
+
+    saved = json.loads(path.read_text(encoding="utf-8")).get("fingerprint") or {}
+    current = _fingerprint(config)
+    if saved == current:
+        return True, "finished"
+    differing = list(config_diff(saved.get("config", {}), current["config"])) if saved.get("config") else ["config"]
+    if saved.get("noise_parameters") != current["noise_parameters"]:
+        differing.append("noise parameters")
+    return False, f"stale (made with a different {', '.join(differing) or 'fingerprint'})"
+
+
+def summarize_cell(schedule: Schedule, cell: Cell, out_dir: Path, train_split: Any, wall_s: float,
+                   config: Any) -> dict[str, Any]:
     """Write and return ``cell.json``: the cell's test scores, noise measurement and envelope view."""
     results = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
     scores = per_unit_scores(out_dir)
@@ -360,6 +391,7 @@ def summarize_cell(schedule: Schedule, cell: Cell, out_dir: Path, train_split: A
         "wall_s": wall_s, "epochs": results.get("epochs"), "selected_model": results.get("selected_model"),
         "noise_dice_noisy_clean": _mean_std(noise)[0] if noise else 1.0,
         "envelope": envelope_view(out_dir, train_split),
+        "seglosses_commit": _git_commit(), "fingerprint": _fingerprint(config),
     }
     (out_dir / "cell.json").write_text(json.dumps(summary, indent=2, default=_json_number) + "\n", encoding="utf-8")
     return summary
@@ -422,7 +454,7 @@ def run_grid(schedule: Schedule, cells: Sequence[Cell], *, runs_root: Path, resu
     splits = _Splits()
     counts = {"finished": 0, "skipped": 0, "unavailable": 0, "interrupted": 0, "not_started": 0,
               "data_unavailable": 0}
-    durations = [c["wall_s"] for c in _finished_cells(schedule, runs_root) if c.get("wall_s")]
+    durations = [c["wall_s"] for c in finished_cells(schedule, runs_root) if c.get("wall_s")]
     training = threading.Event()
 
     def interrupt_training() -> None:  # a training still running at the limit stops like on Ctrl-C
@@ -439,21 +471,26 @@ def run_grid(schedule: Schedule, cells: Sequence[Cell], *, runs_root: Path, resu
     try:
         for position, cell in enumerate(cells):
             out_dir = cell_dir(runs_root, schedule, cell)
-            if (out_dir / "cell.json").is_file():
-                counts["skipped"] += 1
-                continue
             if unavailable.get(cell.configuration):
                 counts["unavailable"] += 1
                 log(f"not available in this build: {cell.name}: {unavailable[cell.configuration]}")
                 continue
+            config = cell_config(schedule, cell, out_dir)
+            finished, why = is_finished(out_dir, config)
+            if finished:
+                counts["skipped"] += 1
+                continue
+            stale = why.startswith("stale")
+            if stale:  # rerun from scratch: the old files must not pass for the new cell's
+                log(f"{cell.name} is {why}: rerunning it")
+                (out_dir / "cell.json").unlink()
             estimate = statistics.median(durations) if durations else 0.0
             if deadline is not None and time.monotonic() + estimate > deadline:
                 counts["not_started"] = len(cells) - position
                 log(f"budget: {counts['not_started']} cells left for the next chunk "
                     f"(a cell takes about {estimate:.0f} s)")
                 break
-            config = cell_config(schedule, cell, out_dir)
-            resume = (out_dir / "last.pt").is_file() and not (out_dir / "results.json").is_file()
+            resume = not stale and (out_dir / "last.pt").is_file() and not (out_dir / "results.json").is_file()
             log(f"start {cell.name}{' (resuming)' if resume else ''}")
             begun = time.monotonic()
             try:
@@ -463,7 +500,7 @@ def run_grid(schedule: Schedule, cells: Sequence[Cell], *, runs_root: Path, resu
                 log(f"data not available in this build: {config.data.name!r} cannot be built "
                     f"({type(error).__name__}: {error}); stopping")
                 break
-            if not (out_dir / "results.json").is_file():
+            if stale or not (out_dir / "results.json").is_file():
                 training.set()
                 try:
                     result = train(config, splits=data, resume=resume, overwrite=not resume)
@@ -473,7 +510,7 @@ def run_grid(schedule: Schedule, cells: Sequence[Cell], *, runs_root: Path, resu
                     counts["interrupted"] += 1
                     log(f"interrupted {cell.name} after {time.monotonic() - begun:.0f} s (resumes next chunk)")
                     break
-            summary = summarize_cell(schedule, cell, out_dir, data.train, time.monotonic() - begun)
+            summary = summarize_cell(schedule, cell, out_dir, data.train, time.monotonic() - begun, config)
             durations.append(summary["wall_s"])
             counts["finished"] += 1
             seen = summary["envelope"] or {}
@@ -492,13 +529,16 @@ def run_grid(schedule: Schedule, cells: Sequence[Cell], *, runs_root: Path, resu
     return counts
 
 
-def _finished_cells(schedule: Schedule, runs_root: Path) -> list[dict[str, Any]]:
-    root = Path(runs_root) / schedule.name
+def finished_cells(schedule: Schedule, runs_root: Path) -> list[dict[str, Any]]:
+    """The ``cell.json`` of every planned cell that is finished under the current settings."""
+    unavailable = availability(schedule)
     found = []
-    for path in sorted(root.glob("*/*/seed*/cell.json")):
-        summary = json.loads(path.read_text(encoding="utf-8"))
-        if summary["configuration"] in schedule.configurations:
-            found.append(summary)
+    for cell in plan_cells(schedule):
+        if unavailable.get(cell.configuration):
+            continue
+        out_dir = cell_dir(runs_root, schedule, cell)
+        if is_finished(out_dir, cell_config(schedule, cell, out_dir))[0]:
+            found.append(json.loads((out_dir / "cell.json").read_text(encoding="utf-8")))
     return found
 
 
@@ -524,7 +564,7 @@ def _paired(values: dict[int, float], baseline: dict[int, float]) -> dict[str, A
 
 def aggregate(schedule: Schedule, *, runs_root: Path, results_dir: Path) -> dict[str, Any]:
     """Write ``summary.json``, ``summary.md`` and ``dice_vs_noise.png`` for a schedule's finished cells."""
-    cells = _finished_cells(schedule, runs_root)
+    cells = finished_cells(schedule, runs_root)
     by_key: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
     noise_by_level: dict[str, float] = {}
     for summary in cells:
@@ -720,9 +760,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         unavailable = availability(schedule)
         for cell in cells:
             out_dir = cell_dir(args.runs_root, schedule, cell)
-            state = ("not available" if unavailable.get(cell.configuration) else "finished"
-                     if (out_dir / "cell.json").is_file() else "partial" if (out_dir / "last.pt").is_file()
-                     else "to run")
+            if unavailable.get(cell.configuration):
+                state = "not available in this build"
+            else:
+                finished, why = is_finished(out_dir, cell_config(schedule, cell, out_dir))
+                state = ("finished" if finished else why if why.startswith("stale")
+                         else "partial" if (out_dir / "last.pt").is_file() else "to run")
             print(f"{cell.name}: {state}")
         return 0
     log = _Log(args.results_dir / schedule.name / "study.log")
