@@ -120,7 +120,7 @@ def test_a_run_writes_its_folder(tmp_path):
 @pytest.mark.parametrize(("envelope", "sig"), [(None, signal.SIGINT), ({"preset": "paper_best"}, signal.SIGTERM)])
 def test_an_interrupted_run_resumes_bit_identically(tmp_path, envelope, sig):
     def config(name):
-        return tiny_config(tmp_path / name, envelope=envelope, train={"epochs": 3, "val_every": 2})
+        return tiny_config(tmp_path / name, envelope=envelope, train={"epochs": 2, "val_every": 2})
 
     reference = run(config("reference"))
     # 8 images in batches of 3: 3 steps per epoch; stop during epoch 2 (after its 2nd step).
@@ -334,3 +334,27 @@ def test_an_hc18_subset_trains_end_to_end_with_noise_and_the_envelope(tmp_path, 
 def test_a_cuda_device_without_cuda_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"`train\.device` to be a device this machine has, but got 'cuda'"):
         run(tiny_config(tmp_path / "run", train={"device": "cuda"}))
+
+
+@pytest.mark.parametrize(("name", "sizes", "eval_unit", "classes"), [
+    ("fuseg", {"max_train": 6, "max_val": 3, "max_test": 3}, "image", 1),
+    ("acdc", {"max_train": 6, "max_val": 1, "max_test": 1}, "volume", 3),
+])
+def test_fuseg_and_acdc_subsets_train_end_to_end(tmp_path, data_dir, name, sizes, eval_unit, classes):
+    config = tiny_config(tmp_path / "run", data={"name": name, "root": str(data_dir / name), "image_size": [64, 64],
+                                                 **sizes}, train={"epochs": 1, "batch_size": 3})
+    result = train(config)
+    assert result.test["eval_unit"] == eval_unit and len(result.test["per_class"]["dice"]) == classes
+    assert result.test["units"] == sizes["max_test"]
+    with open(tmp_path / "run" / "per_image.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == sizes["max_test"] * classes
+
+
+def test_a_binary_only_loss_on_acdc_is_refused_before_training(tmp_path, data_dir, monkeypatch):
+    monkeypatch.setattr(seglosses.TverskyLoss, "modes", ("binary",))
+    config = tiny_config(tmp_path / "run", loss={"name": "tversky"}, data={
+        "name": "acdc", "root": str(data_dir / "acdc"), "image_size": [64, 64], "max_train": 2, "max_val": 1,
+        "max_test": 1})
+    with pytest.raises(ValueError, match=r"serves 4-class label maps \(multiclass mode\), but got 'tversky'"):
+        train(config)
+    assert not (tmp_path / "run" / "last.pt").exists()

@@ -116,6 +116,7 @@ class TrainConfig:
     tensorboard: bool = False  # needs the tensorboard package
     nsd_tolerance: float = 2.0  # normalised surface Dice tolerance, in the units of the spacing
     checkpoint_every_s: float = 60.0  # write last.pt after an epoch when this long passed (0: every epoch)
+    flush_denormal: bool = True  # CPU: flush denormal floats to zero (near-zero envelope weights slow backward)
     out_dir: str = "runs/run"
 
 
