@@ -26,6 +26,7 @@ Usage:
     python benchmarks/speed.py                 # CPU, full shapes
     python benchmarks/speed.py --device cuda
     python benchmarks/speed.py --quick
+    python benchmarks/speed.py --peers-only --stem speed_cpu_peers --note "..."   # the losses with a peer
 """
 
 from __future__ import annotations
@@ -306,6 +307,7 @@ def environment(device: torch.device, args: argparse.Namespace) -> dict:
         "seglosses_commit": git_commit(),
         # Other processes on the machine distort absolute times (interleaving keeps the ratios fair).
         "load_average_1min_before_after": [args.load_before, load_average()],
+        "note": args.note,
     }
     return described
 
@@ -325,6 +327,7 @@ def write_results(rows: list[Row], described: dict, stem: str) -> tuple[Path, Pa
         f"{described['repeats_2d']} repeats in 2D and {described['repeats_3d']} in 3D after {described['warmup']} "
         "warm-up run(s); each loss in its default configuration, ours and peer on identical inputs.",
         f"- 1-minute load average before / after the run: {described['load_average_1min_before_after']}",
+        *([f"- Note: {described['note']}"] if described.get("note") else []),
         '- ratio > 1: ours is faster than the peer. "value checks off": the same loss inside '
         "`seglosses.value_checks(False)` (no NaN / label-range scan, no host sync), timed in the same "
         "interleaved loop.",
@@ -346,6 +349,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs per loss and peer before timing")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--losses", default="*", help="shell pattern over registered loss names")
+    parser.add_argument("--peers-only", action="store_true", help="only the losses that have a peer")
+    parser.add_argument("--stem", default=None, help="results file name (default speed_<device>[_quick])")
+    parser.add_argument("--note", default="", help="a note written into the results (e.g. the machine's load)")
     args = parser.parse_args()
     args.repeats = args.repeats or (3 if args.quick else 21)
     args.repeats_3d = args.repeats_3d or (2 if args.quick else 9)
@@ -353,7 +359,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     args.load_before = load_average()
     device = torch.device(args.device)
-    names = seglosses.list_losses(args.losses)
+    names = [name for name in seglosses.list_losses(args.losses) if name in PEERS or not args.peers_only]
     shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
 
     print("\n".join(TABLE_HEADER))
@@ -361,7 +367,7 @@ def main() -> None:
     for shape in shapes:
         repeats = args.repeats if len(shape) == 4 else args.repeats_3d
         rows += benchmark_shape(shape, names, device, repeats, args.warmup)
-    stem = f"speed_{device.type}" + ("_quick" if args.quick else "")
+    stem = args.stem or f"speed_{device.type}" + ("_quick" if args.quick else "")
     for path in write_results(rows, environment(device, args), stem):
         print(f"wrote {path}")
 

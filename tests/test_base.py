@@ -196,3 +196,159 @@ def test_sums_keep_the_terms_reduction_and_builtin_sum_works():
     assert per_image_sum(logits, labels).shape == (3,)
     total = sum([CrossEntropyLoss(), DiceLoss()])
     torch.testing.assert_close(total(logits, labels), (CrossEntropyLoss() + DiceLoss())(logits, labels))
+
+
+# --------------------------------------------------------------------------- weights as tensors, division, minus
+
+
+def test_tensor_weights_division_and_minus():
+    logits, labels = inputs()
+    dice, ce = DiceLoss(), CrossEntropyLoss()
+    expected = 0.5 * dice(logits, labels) - ce(logits, labels) / 4
+    combined = torch.tensor(0.5) * dice - ce / 4
+    torch.testing.assert_close(combined(logits, labels), expected)
+    assert combined.weights == [0.5, -0.25]
+    torch.testing.assert_close((-dice)(logits, labels), -dice(logits, labels))
+    torch.testing.assert_close((dice * torch.tensor(2))(logits, labels), 2 * dice(logits, labels))
+    torch.testing.assert_close(((dice + ce) / torch.tensor(2.0))(logits, labels), (dice(logits, labels) + ce(
+        logits, labels)) / 2)
+
+
+@pytest.mark.parametrize(
+    "make, error, argument",
+    [
+        (lambda: torch.zeros(2) * DiceLoss(), TypeError, "weight"),
+        (lambda: torch.tensor(1.0, requires_grad=True) * DiceLoss(), TypeError, "weight"),
+        (lambda: torch.tensor(float("nan")) * DiceLoss(), ValueError, "weight"),
+        (lambda: DiceLoss() / 0, ValueError, "divisor"),
+        (lambda: DiceLoss() / "2", TypeError, "divisor"),
+        (lambda: DiceLoss() - 1.0, TypeError, "other"),
+    ],
+)
+def test_weight_arithmetic_errors(make, error, argument):
+    with pytest.raises(error, match=f"^Expected `{argument}` to be"):
+        make()
+
+
+# --------------------------------------------------------------------------- logits first, options at construction
+
+
+def _registered_and_composed():
+    from seglosses import create_loss, list_losses
+
+    yield from ((name, create_loss(name)) for name in list_losses())
+    yield "weighted sum", 0.5 * DiceLoss() + CrossEntropyLoss()
+    yield "create_loss sum", create_loss("dice") + create_loss("focal")
+
+
+ENTRY_POINTS = list(_registered_and_composed())
+BAD_LOGITS = [
+    ("list", [[0.0]], TypeError),
+    ("0-d", torch.tensor(1.0), ValueError),
+    ("1-d", torch.zeros(4), ValueError),
+    ("3-d", torch.zeros(2, 3, 4), ValueError),
+    ("integer", torch.zeros(2, 3, 4, 4, dtype=torch.long), TypeError),
+    ("None", None, TypeError),
+]
+
+
+@pytest.mark.parametrize("name, loss", ENTRY_POINTS, ids=[name for name, _ in ENTRY_POINTS])
+@pytest.mark.parametrize("case, logits, error", BAD_LOGITS, ids=[case for case, _, _ in BAD_LOGITS])
+def test_every_entry_point_checks_logits_first(name, loss, case, logits, error):
+    labels = torch.zeros(2, 4, 4, dtype=torch.long)
+    for entry in (loss, loss.per_image):
+        with pytest.raises(error, match=r"^Expected `logits` to be"):
+            entry(logits, labels)
+
+
+def _options_of_every_loss():
+    from seglosses import list_losses
+    from seglosses.registry import loss_options
+
+    return [(name, option) for name in list_losses() for option in loss_options(name)]
+
+
+@pytest.mark.parametrize("name, option", _options_of_every_loss())
+def test_every_option_is_checked_at_construction(name, option):
+    """A value of the wrong kind fails when the loss is built, naming the option, not on the first call."""
+    from seglosses import create_loss
+
+    for value in ("not-an-option-value", object()):
+        with pytest.raises((TypeError, ValueError), match=f"`{option}"):
+            create_loss(name, **{option: value})
+
+
+@pytest.mark.parametrize(
+    "options, argument",
+    [
+        (dict(mode="multi-class"), "mode"),
+        (dict(mode="binary", class_weights=[1.0, 2.0]), "class_weights"),
+        (dict(class_weights=[1.0, -1.0]), "class_weights"),
+        (dict(class_weights=torch.ones(2, 2)), "class_weights"),
+        (dict(class_weights=[]), "class_weights"),
+        (dict(ignore_index=255.0), "ignore_index"),
+        (dict(include_background="no"), "include_background"),
+        (dict(eps=0.0), "eps"),
+    ],
+)
+def test_shared_options_at_construction(options, argument):
+    with pytest.raises((TypeError, ValueError), match=f"^Expected `{argument}` to be"):
+        DiceLoss(**options)
+
+
+def test_modes_a_loss_does_not_support_are_refused_at_construction():
+    from seglosses import create_loss
+
+    with pytest.raises(ValueError, match="`mode`"):
+        create_loss("exp_log", mode="multilabel")
+
+
+# --------------------------------------------------------------------------- help() shows the real options
+
+
+def _documented_modules():
+    from seglosses import DeepSupervision, list_losses, loss_class
+
+    return [loss_class(name) for name in list_losses()] + [Weighted, DeepSupervision]
+
+
+@pytest.mark.parametrize("cls", _documented_modules(), ids=lambda cls: cls.__name__)
+def test_help_shows_the_options_not_torchs_defaults(cls):
+    import inspect
+    import pydoc
+
+    text = pydoc.render_doc(cls, renderer=pydoc.plaintext)
+    assert "Initialize internal Module state" not in text and "Define the computation" not in text
+    init_doc = inspect.getdoc(cls.__init__)
+    for option in inspect.signature(cls.__init__).parameters:
+        if option != "self":
+            assert option in init_doc, f"{cls.__name__}.__init__ does not describe `{option}`"
+    assert "logits" in inspect.getdoc(cls.forward)
+
+
+# --------------------------------------------------------------------------- value checks of a module's forward
+
+
+def test_forward_on_cpu_finds_non_finite_logits_from_the_value_without_scanning_them():
+    from seglosses.targets import LOGITS_CHECKED_AFTER
+
+    seen = []
+
+    class Probe(Loss):
+        @staticmethod
+        def function(logits, target, reduction="mean"):
+            seen.append(LOGITS_CHECKED_AFTER.get())
+            return reduce_images(prepare(logits, target).logits.mean(dim=(1, 2, 3)), reduction)
+
+    logits, labels = inputs()
+    Probe()(logits, labels)
+    Probe().per_image(logits, labels)
+    assert seen == [True, False] and not LOGITS_CHECKED_AFTER.get()
+    for loss in (DiceLoss(), CrossEntropyLoss(ignore_index=2), 0.5 * DiceLoss() + FocalLoss()):
+        for bad in (float("nan"), float("inf")):
+            broken = logits.clone()
+            broken[0, 1, 2, 3] = bad
+            with pytest.raises(ValueError, match="^Expected `logits` to be finite"):
+                loss(broken, labels)
+    with pytest.raises(ValueError, match="^Expected `target` to be labels in"):  # labels are still checked first
+        DiceLoss()(logits, labels + 5)

@@ -622,3 +622,67 @@ def test_ce_dice_pixel_parts_add_up_and_error_terms_are_non_negative(device):
             assert (parts["dice"] >= 0).all()
     overlap = ce_dice_pixel_parts(logits, labels, dice_decomposition="overlap", ignore_index=IGNORE)["dice"]
     assert (overlap < 0).any()  # why "error" is the default: the overlap form can go negative
+
+
+# --------------------------------------------------------------------------- per-term weights, smoothing, GDL + focal
+
+
+def test_dice_ce_weights_on_both_terms_and_smoothing_match_monai():
+    """MONAI's DiceCELoss(weight=w, label_smoothing=e) weighs both terms; ours says which term a weight is for.
+    MONAI multiplies the per-class Dice by w and averages, ours normalises by sum(w): equal when sum(w) = C."""
+    monai_losses = pytest.importorskip("monai.losses")
+    generator = torch.Generator().manual_seed(12)
+    logits = torch.randn((1, 3, 6, 7), generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, 3, (1, 6, 7), generator=generator)
+    weights = torch.tensor([0.5, 1.0, 1.5], dtype=torch.float64)
+    oracle = monai_losses.DiceCELoss(softmax=True, to_onehot_y=True, squared_pred=True, weight=weights,
+                                     label_smoothing=0.1)
+    expected = oracle(logits, labels.unsqueeze(1))
+    ours = dice_ce_loss(logits, labels, class_weights=weights, dice_class_weights=weights, label_smoothing=0.1)
+    torch.testing.assert_close(ours, expected.double(), rtol=1e-6, atol=1e-7)
+    module = create_loss("dice_ce", class_weights=weights, dice_class_weights=weights, label_smoothing=0.1)
+    torch.testing.assert_close(module(logits, labels), ours)
+    torch.testing.assert_close(module.per_pixel(logits, labels).mean(), ours)
+    # each weight acts on its own term only
+    dice_only = dice_ce_loss(logits, labels, dice_class_weights=weights) - cross_entropy(logits, labels)
+    torch.testing.assert_close(dice_only, dice_loss(logits, labels, class_weights=weights))
+
+
+def test_dice_ce_pos_weight_matches_monai_binary():
+    monai_losses = pytest.importorskip("monai.losses")
+    generator = torch.Generator().manual_seed(13)
+    logits = torch.randn((2, 1, 6, 7), generator=generator, dtype=torch.float64)
+    target = torch.randint(0, 2, (2, 1, 6, 7), generator=generator).double()
+    oracle = monai_losses.DiceCELoss(sigmoid=True, squared_pred=True, weight=torch.tensor([3.0], dtype=torch.float64))
+    torch.testing.assert_close(dice_ce_loss(logits, target, pos_weight=3.0), oracle(logits, target))
+
+
+def test_dice_focal_weights_on_both_terms_match_monai():
+    monai_losses = pytest.importorskip("monai.losses")
+    generator = torch.Generator().manual_seed(14)
+    logits = torch.randn((2, 3, 6, 7), generator=generator, dtype=torch.float64)
+    onehot = F.one_hot(torch.randint(0, 3, (2, 6, 7), generator=generator), 3).movedim(-1, 1).double()
+    weights = torch.tensor([0.5, 1.0, 1.5], dtype=torch.float64)
+    dice = monai_losses.DiceLoss(softmax=True, squared_pred=True, weight=weights)(logits, onehot)
+    focal = monai_losses.FocalLoss(use_softmax=True, weight=weights)(logits, onehot)  # mean over C too: x C
+    ours = dice_focal_loss(logits, onehot, alpha=weights.tolist(), dice_class_weights=weights)
+    torch.testing.assert_close(ours, dice + 3 * focal)
+
+
+def test_generalized_dice_focal_matches_monai():
+    """MONAI's focal term is sigmoid over the one-hot channels whatever the Dice activation."""
+    monai_losses = pytest.importorskip("monai.losses")
+    from seglosses import FocalLoss, GeneralizedDiceLoss, generalized_dice_loss
+    from seglosses.compound import generalized_dice_focal_loss, generalized_dice_focal_loss_per_pixel
+
+    generator = torch.Generator().manual_seed(15)
+    logits = torch.randn((2, 3, 6, 7), generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, 3, (2, 6, 7), generator=generator)
+    onehot = F.one_hot(labels, 3).movedim(-1, 1).double()
+    expected = monai_losses.GeneralizedDiceFocalLoss(softmax=True, to_onehot_y=True)(logits, labels.unsqueeze(1))
+    mixed = GeneralizedDiceLoss() + FocalLoss(mode="multilabel")
+    torch.testing.assert_close(mixed(logits, onehot), expected, rtol=1e-6, atol=1e-7)
+    ours = generalized_dice_focal_loss(logits, labels, lambda_focal=0.5)
+    torch.testing.assert_close(ours, generalized_dice_loss(logits, labels) + 0.5 * focal_loss(logits, labels))
+    torch.testing.assert_close(generalized_dice_focal_loss_per_pixel(logits, labels, lambda_focal=0.5).mean(), ours)
+    assert create_loss("GeneralizedDiceFocal", lambda_gdl=2.0).weights == [2.0, 1.0]

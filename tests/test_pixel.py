@@ -453,3 +453,56 @@ class TestFocal:
             focal_loss(logits, labels.clamp_max(1), alpha=[2.0])
         with pytest.raises(ValueError, match="`alpha`"):
             focal_loss(*logits_and_labels(), alpha=[0.5, 0.5])
+
+
+# --------------------------------------------------------------------------- label smoothing, pos_weight (torch)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_label_smoothing_matches_torch(smoothing, weighted):
+    """Per image (B = 1: our weighted mean is per image, torch's over the batch), labels and one-hot alike."""
+    from seglosses import CrossEntropyLoss, cross_entropy
+
+    logits, labels = logits_and_labels(shape=(1, 4, 6, 7))
+    weights = torch.tensor([0.5, 1.0, 2.0, 1.5], dtype=torch.float64) if weighted else None
+    expected = F.cross_entropy(logits, labels, weight=weights, label_smoothing=smoothing)
+    dense = F.one_hot(labels, 4).movedim(-1, 1).double()
+    for target in (labels, dense):
+        torch.testing.assert_close(cross_entropy(logits, target, class_weights=weights, label_smoothing=smoothing),
+                                   expected)
+    loss = CrossEntropyLoss(class_weights=weights, label_smoothing=smoothing)
+    torch.testing.assert_close(loss.per_pixel(logits, labels).mean(), expected)
+    batch_logits, batch_labels = logits_and_labels()  # unweighted: per image and batch means agree
+    torch.testing.assert_close(cross_entropy(batch_logits, batch_labels, label_smoothing=smoothing),
+                               F.cross_entropy(batch_logits, batch_labels, label_smoothing=smoothing))
+
+
+@pytest.mark.parametrize("mode, channels", [("binary", 1), ("multilabel", 3)])
+def test_pos_weight_and_bce_smoothing_match_torch(mode, channels):
+    from seglosses import cross_entropy
+
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, channels, 5, 6, generator=generator, dtype=torch.float64)
+    target = torch.randint(0, 2, (2, channels, 5, 6), generator=generator).double()
+    pos_weight = torch.tensor([3.0, 0.5, 1.0][:channels], dtype=torch.float64)
+    expected = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight.view(-1, 1, 1))(logits, target)
+    torch.testing.assert_close(cross_entropy(logits, target, mode=mode, pos_weight=pos_weight), expected)
+    scalar = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(2.0, dtype=torch.float64))(logits, target)
+    torch.testing.assert_close(cross_entropy(logits, target, mode=mode, pos_weight=2.0), scalar)
+    smoothed = F.binary_cross_entropy_with_logits(logits, target * 0.8 + 0.1)  # (1 - e) t + e / 2, e = 0.2
+    torch.testing.assert_close(cross_entropy(logits, target, mode=mode, label_smoothing=0.2), smoothed)
+
+
+def test_cross_entropy_options_are_checked_at_construction():
+    from seglosses import CrossEntropyLoss
+
+    with pytest.raises(ValueError, match="^Expected `label_smoothing`"):
+        CrossEntropyLoss(label_smoothing=1.5)
+    with pytest.raises(ValueError, match="^Expected `pos_weight`"):
+        CrossEntropyLoss(mode="multiclass", pos_weight=2.0)
+    with pytest.raises(ValueError, match="^Expected `pos_weight`"):
+        CrossEntropyLoss(pos_weight=[1.0, -1.0])
+    logits, labels = logits_and_labels()
+    with pytest.raises(ValueError, match="^Expected `pos_weight`"):
+        CrossEntropyLoss(pos_weight=2.0)(logits, labels)  # inferred multiclass at the call

@@ -18,9 +18,12 @@ import torch.nn.functional as F
 
 from seglosses import create_loss
 from seglosses.region import (
+    DiceLoss,
     FocalTverskyLoss,
+    TverskyLoss,
     _descending_order,
     dice_loss,
+    dice_loss_per_pixel,
     focal_tversky_loss,
     generalized_dice_loss,
     generalized_dice_loss_per_pixel,
@@ -678,3 +681,58 @@ def test_bad_options_for_the_input_raise_at_call(function, options, argument, de
     logits, labels = random_inputs((2, 1, 4, 4), device)
     with pytest.raises(ValueError, match=f"Expected `{argument}` to be"):
         function(logits, labels, **options)
+
+
+# --------------------------------------------------------------------------- class-pooled (micro) average, soft labels
+
+
+class TestMicroAndSoftLabel:
+    def test_micro_dice_is_kornias_default(self, device):
+        kornia = pytest.importorskip("kornia")
+        logits, labels = random_inputs((2, 4, 6, 7), device)
+        expected = kornia.losses.dice_loss(logits, labels)  # average="micro"
+        torch.testing.assert_close(dice_loss(logits, labels, squared=False, average="micro", eps=1e-8), expected)
+
+    @pytest.mark.parametrize("batch", [False, True])
+    def test_micro_is_one_ratio_over_the_pooled_counts(self, batch, device):
+        logits, labels = random_inputs((3, 4, 6, 7), device)
+        probs, target = logits.softmax(1), one_hot(labels, 4)
+        dims = (0, 1, 2, 3) if batch else (1, 2, 3)
+        tp, fp, fn = (probs * target).sum(dims), (probs * (1 - target)).sum(dims), ((1 - probs) * target).sum(dims)
+        eps = 1e-5
+        # the class weights a_c = 1/4 sum to one, so eps enters the pooled counts as 4 eps
+        tversky = ((0.3 * fp + 0.7 * fn) / (tp + 0.3 * fp + 0.7 * fn + 4 * eps)).mean()
+        torch.testing.assert_close(tversky_loss(logits, labels, average="micro", batch=batch), tversky)
+        squared_den = (probs**2 + target).sum(dims)
+        dice = ((squared_den - 2 * tp) / (squared_den + 4 * eps)).mean()
+        torch.testing.assert_close(dice_loss(logits, labels, average="micro", batch=batch), dice)
+        torch.testing.assert_close(dice_loss_per_pixel(logits, labels, average="micro", batch=batch).mean(), dice)
+
+    def test_macro_tversky_is_kornias_when_every_class_is_present(self, device):
+        kornia = pytest.importorskip("kornia")
+        logits, labels = random_inputs((2, 4, 6, 7), device)
+        assert (one_hot(labels, 4).sum(dim=(2, 3)) > 0).all()
+        expected = kornia.losses.tversky_loss(logits, labels, alpha=0.3, beta=0.7, eps=1e-12)
+        torch.testing.assert_close(tversky_loss(logits, labels, eps=1e-12), expected)
+
+    def test_soft_label_dice_is_monais_and_reaches_zero(self, device):
+        monai = pytest.importorskip("monai.losses")
+        logits, _ = random_inputs((2, 3, 6, 7), device)
+        soft = torch.rand((2, 3, 6, 7), generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+        soft = soft.to(device).softmax(dim=1)
+        expected = monai.DiceLoss(softmax=True, soft_label=True, smooth_nr=1e-5, smooth_dr=1e-5)(logits, soft)
+        torch.testing.assert_close(dice_loss(logits, soft, squared=False, soft_label=True), expected)
+        at_target = logits.softmax(1).detach()
+        assert dice_loss(logits, at_target, squared=False, soft_label=True).item() == pytest.approx(0.0, abs=1e-12)
+        assert dice_loss(logits, at_target, squared=False).item() > 0.3  # the linear Dice does not reach 0
+        _, labels = random_inputs((2, 3, 6, 7), device)  # hard targets: the same loss
+        torch.testing.assert_close(dice_loss(logits, labels, squared=False, soft_label=True),
+                                   dice_loss(logits, labels, squared=False))
+
+    def test_options_are_checked_at_construction(self):
+        with pytest.raises(ValueError, match="^Expected `average`"):
+            DiceLoss(average="weighted")
+        with pytest.raises(ValueError, match="^Expected `average`"):
+            TverskyLoss(average="samples")
+        with pytest.raises(TypeError, match="^Expected `soft_label`"):
+            DiceLoss(soft_label=1)

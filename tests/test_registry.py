@@ -90,3 +90,39 @@ def test_register_and_reregister(scratch_registry):
 
 def test_scratch_registration_was_removed():
     assert "scratch_loss" not in list_losses()
+
+
+@pytest.mark.parametrize("spelling", ["DiceCE", "dice-ce", "Dice_CE", "DICECE", "dice ce"])
+def test_names_match_whatever_case_and_separators(spelling):
+    assert loss_class(spelling) is loss_class("dice_ce")
+
+
+def test_suggestions_come_from_the_normalised_name():
+    with pytest.raises(ValueError, match=r"Did you mean \['dice_focal'"):
+        loss_class("DiceFocall")
+
+
+def test_unknown_option_lists_the_options_and_the_closest_one():
+    with pytest.raises(TypeError, match=r"^Expected the options of `dice` to be among \['squared', .*'reduction'\], "
+                                        r"but got 'includ_background'\. 'includ_background': did you mean "
+                                        r"'include_background'\?"):
+        create_loss("dice", includ_background=False)
+
+
+@pytest.mark.parametrize(
+    "name, option, pointer",
+    [("dice_ce", "smooth_nr", "`eps`"), ("dice", "squared_pred", "`squared`"), ("tversky", "alpha", "`fp_weight`"),
+     ("DiceCE", "to_onehot_y", "one-hot encoded internally"), ("dice", "weight", "`class_weights`")],
+)
+def test_peer_option_names_point_to_ours(name, option, pointer):
+    with pytest.raises(TypeError, match=re.escape(pointer)):
+        create_loss(name, **{option: True})
+
+
+@pytest.mark.parametrize("name", list_losses())
+def test_loss_options_are_the_constructor_keywords(name):
+    from seglosses.registry import loss_options
+
+    options = loss_options(name)
+    assert "reduction" in options
+    create_loss(name, reduction="sum")  # a valid option passes through

@@ -217,8 +217,13 @@ def _bad_calls():
     yield "inf logits", dict(logits=inf_logits, target=labels), ValueError, "logits"
     yield "nan logits dense", dict(logits=nan_logits, target=soft), ValueError, "logits"
     yield "target not a tensor", dict(logits=logits, target=labels.tolist()), TypeError, "target"
-    yield "float labels", dict(logits=logits, target=labels.float()), TypeError, "target"
-    yield "float channel labels", dict(logits=logits, target=labels.float().unsqueeze(1)), TypeError, "target"
+    yield "fractional float labels", dict(logits=logits, target=labels.float() + 0.5), ValueError, "target"
+    yield "nan float labels", dict(logits=logits, target=labels.float().fill_(float("nan"))), ValueError, "target"
+    yield "inf float labels", dict(logits=logits, target=labels.float().fill_(float("inf"))), ValueError, "target"
+    yield "float labels out of range", dict(logits=logits, target=labels.float() + 3), ValueError, "target"
+    yield "fractional channel labels", dict(logits=logits, target=labels.float().unsqueeze(1) / 3), ValueError, "target"
+    multi_hot = (soft + soft.roll(1, 1)).clamp_max(1)
+    yield "multi-hot without mode", dict(logits=logits, target=multi_hot), ValueError, "target"
     yield "complex dense", dict(logits=logits, target=torch.complex(soft, soft)), TypeError, "target"
     yield "label too large", dict(logits=logits, target=labels.clamp_max(0) + 3), ValueError, "target"
     yield "negative label", dict(logits=logits, target=labels.clamp_max(0) - 1), ValueError, "target"
@@ -244,6 +249,45 @@ BAD_CALLS = list(_bad_calls())
 def test_bad_input_names_the_argument(call, error, argument):
     with pytest.raises(error, match=rf"^Expected `{argument}` to be .*, but got .*\.$"):
         prepare(call.pop("logits"), call.pop("target"), **call)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("channel_axis", [False, True])
+def test_whole_number_float_labels_equal_integer_labels(dtype, channel_axis):
+    """MONAI's LoadImaged yields float label maps: whole values read as the integer labels."""
+    logits, labels = logits_and_labels()
+    labels[0, 0, 0] = IGNORE
+    float_labels = labels.to(dtype).unsqueeze(1) if channel_axis else labels.to(dtype)
+    from_float = prepare(logits, float_labels, ignore_index=IGNORE)
+    from_int = prepare(logits, labels, ignore_index=IGNORE)
+    assert torch.equal(from_float.labels, from_int.labels)
+    torch.testing.assert_close(from_float.valid, from_int.valid)
+    binary = prepare(logits[:, :1], (labels % 2).to(dtype))
+    torch.testing.assert_close(binary.target, (labels % 2).unsqueeze(1).float())
+
+
+def test_fractional_float_labels_name_the_soft_target_form():
+    logits, labels = logits_and_labels()
+    with pytest.raises(ValueError, match="whole-number values.*dense \\(B, C, \\*S\\)"):
+        prepare(logits, labels.float() / 2 + 0.25)
+
+
+def test_multi_hot_target_without_mode_points_to_multilabel():
+    """Overlapping regions with C > 1 and no mode would silently be read as softmax classes."""
+    logits, labels = logits_and_labels()
+    multi_hot = dense(labels, 3)
+    multi_hot[:, 0] = 1.0  # channel 0 overlaps every other region
+    with pytest.raises(ValueError, match="mode='multilabel'"):
+        prepare(logits, multi_hot)
+    assert prepare(logits, multi_hot, mode="multilabel").mode == "multilabel"
+    assert prepare(logits, multi_hot, mode="multiclass").mode == "multiclass"  # the caller said so
+    soft = torch.rand(logits.shape).softmax(dim=1).half()  # soft labels summing to one, rounded
+    assert prepare(logits, soft).mode == "multiclass"
+    ignored = multi_hot.clone()
+    ignored[:, :, 0, 0] = IGNORE  # ignored pixels are not summed
+    ignored[:, 0] = dense(labels, 3)[:, 0]
+    ignored[:, :, 0, 0] = IGNORE
+    assert prepare(logits, ignored, ignore_index=IGNORE).valid[:, 0, 0].eq(0).all()
 
 
 def test_value_checks_can_be_switched_off():

@@ -9,15 +9,19 @@ from seglosses.envelope import *  # noqa: F403
 from seglosses.pixel import *  # noqa: F403
 from seglosses.region import *  # noqa: F403
 from seglosses.registry import create_loss, list_losses, loss_class, register_loss
+from seglosses.supervision import DeepSupervision, deep_supervision_weights, downsample_target
 from seglosses.targets import prepare
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DeepSupervision",
     "Loss",
     "blocks",
     "distance",
     "create_loss",
+    "deep_supervision_weights",
+    "downsample_target",
     "list_losses",
     "loss_class",
     "metrics",

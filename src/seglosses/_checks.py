@@ -5,7 +5,8 @@ Every error reads "Expected `name` to be <what was expected>, but got <what was 
 
 Checks that look at tensor *values* (finiteness, label ranges) need one host-device sync per
 call. They are on by default and can be switched off for a hot loop that is known to be clean
-(for example under ``torch.compile`` or CUDA graphs) with :func:`set_value_checks`.
+(for example under CUDA graphs) with :func:`set_value_checks`. While ``torch.compile`` traces
+they are skipped on their own (a host sync would break the graph), so ``fullgraph=True`` works.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ def set_value_checks(enabled: bool) -> None:
 
 
 def value_checks_enabled() -> bool:
-    """Whether value checks run (see :func:`set_value_checks`)."""
-    return _value_checks_enabled
+    """Whether value checks run: switched on (see :func:`set_value_checks`) and not inside ``torch.compile``."""
+    return _value_checks_enabled and not torch.compiler.is_compiling()
 
 
 @contextmanager
@@ -66,10 +67,14 @@ def fail(name: str, expected: str, got: Any, error: type[Exception] = ValueError
     raise error(f"Expected `{name}` to be {expected}, but got {got}.")
 
 
-def _describe(value: Any) -> str:
+def describe(value: Any) -> str:
+    """A short description of ``value`` for an error message: arrays by shape and dtype, long reprs cut."""
     if isinstance(value, Tensor):
         return f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
-    return repr(value)
+    if hasattr(value, "shape") and hasattr(value, "dtype"):  # numpy arrays and the like
+        return f"an array of shape {tuple(value.shape)} and dtype {value.dtype}"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def check_type(name: str, value: Any, types: type | tuple[type, ...]) -> None:
@@ -78,7 +83,7 @@ def check_type(name: str, value: Any, types: type | tuple[type, ...]) -> None:
     is_bool_as_number = isinstance(value, bool) and bool not in allowed
     if not isinstance(value, allowed) or is_bool_as_number:
         names = " or ".join(t.__name__ for t in allowed)
-        fail(name, f"of type {names}", f"{type(value).__name__} {_describe(value)}", TypeError)
+        fail(name, f"of type {names}", f"{type(value).__name__} {describe(value)}", TypeError)
 
 
 def check_one_of(name: str, value: Any, allowed: Iterable[Any]) -> None:
@@ -126,7 +131,7 @@ def check_floating(name: str, value: Any) -> Tensor:
     """A floating-point tensor (float16, bfloat16, float32 or float64)."""
     check_tensor(name, value)
     if not value.is_floating_point():
-        fail(name, "a floating-point tensor", _describe(value), TypeError)
+        fail(name, "a floating-point tensor", describe(value), TypeError)
     return value
 
 
@@ -145,12 +150,12 @@ def check_class_weights(name: str, weights: Any, num_classes: int, like: Tensor)
     weights = weights.to(device=like.device, dtype=like.dtype)
     if weights.shape != (num_classes,):
         fail(name, f"a sequence of {num_classes} per-class weights (one per channel)", tuple(weights.shape))
-    if _value_checks_enabled and not bool(torch.isfinite(weights).all() and (weights >= 0).all()):
+    if value_checks_enabled() and not bool(torch.isfinite(weights).all() and (weights >= 0).all()):
         fail(name, "finite and non-negative", weights.tolist())
     return weights
 
 
 def check_finite_tensor(name: str, value: Tensor) -> None:
     """``ValueError`` if ``value`` holds NaN or infinity (one sync; skipped when value checks are off)."""
-    if _value_checks_enabled and not bool(torch.isfinite(value).all()):
+    if value_checks_enabled() and not bool(torch.isfinite(value).all()):
         fail(name, "finite (no NaN or infinity)", "non-finite values")

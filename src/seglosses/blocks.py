@@ -39,12 +39,23 @@ __all__ = [
 # --------------------------------------------------------------------------- pixel maps
 
 
-def pixel_cross_entropy(prepared: Prepared, class_weights: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+def pixel_cross_entropy(
+    prepared: Prepared,
+    class_weights: Tensor | None = None,
+    *,
+    label_smoothing: float = 0.0,
+    pos_weight: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None]:
     """Unnormalised per-pixel cross-entropy and the per-pixel weights it carries.
 
     Multiclass: value :math:`\\sum_c w_c t_c (-\\log p_c)` and weight :math:`\\sum_c w_c t_c`
     (= :math:`w_{y}` for one-hot targets). Sigmoid modes: the channel mean of
     :math:`w_c\\,\\mathrm{BCE}(z_c, t_c)`, weight None (a channel weight does not weigh pixels).
+
+    ``label_smoothing`` :math:`\\epsilon` replaces the target by :math:`(1-\\epsilon)t + \\epsilon/K` in
+    the value (K = C classes, or 2 outcomes per sigmoid channel), PyTorch's ``label_smoothing``;
+    the pixel weight stays :math:`w_y`. ``pos_weight`` (C,) multiplies the positive term of the
+    binary cross-entropy, PyTorch's ``BCEWithLogitsLoss(pos_weight)`` (sigmoid modes only).
 
     Returns:
         ``(values, pixel_weights)``: (B, *S) tensors, ``pixel_weights`` None when uniform.
@@ -63,15 +74,26 @@ def pixel_cross_entropy(prepared: Prepared, class_weights: Tensor | None = None)
         True
     """
     if prepared.mode == "multiclass":
+        if pos_weight is not None:
+            fail("pos_weight", "None in multiclass mode (it weighs the positive term of a binary cross-entropy)",
+                 "a pos_weight; use class_weights")
         if prepared.labels is not None:  # PyTorch's fused kernel: w_y * CE, without a one-hot target
-            values = F.cross_entropy(prepared.logits, prepared.labels, weight=class_weights, reduction="none")
+            values = F.cross_entropy(prepared.logits, prepared.labels, weight=class_weights, reduction="none",
+                                     label_smoothing=label_smoothing)
             return values, (None if class_weights is None else class_weights[prepared.labels])
         log_probs = prepared.logits.log_softmax(dim=1)
+        target = prepared.target
+        if label_smoothing:
+            target = prepared.mask((1.0 - label_smoothing) * target + label_smoothing / prepared.num_classes)
         if class_weights is None:
-            return -(prepared.target * log_probs).sum(dim=1), None
-        weighted_target = prepared.target * channel_view(class_weights, prepared)
-        return -(weighted_target * log_probs).sum(dim=1), weighted_target.sum(dim=1)
-    bce = F.binary_cross_entropy_with_logits(prepared.logits, prepared.target, reduction="none")
+            return -(target * log_probs).sum(dim=1), None
+        weights = channel_view(class_weights, prepared)
+        return -(target * weights * log_probs).sum(dim=1), (prepared.target * weights).sum(dim=1)
+    target = prepared.target
+    if label_smoothing:
+        target = (1.0 - label_smoothing) * target + label_smoothing / 2
+    pos_weight = None if pos_weight is None else channel_view(pos_weight, prepared)
+    bce = F.binary_cross_entropy_with_logits(prepared.logits, target, reduction="none", pos_weight=pos_weight)
     if class_weights is not None:
         return (bce * channel_view(class_weights, prepared)).mean(dim=1), None
     return bce.mean(dim=1), None
@@ -93,11 +115,21 @@ def weighted_mean_per_pixel(weighted_values: Tensor, pixel_weights: Tensor | Non
     return weighted_values * scale.view(-1, *([1] * len(prepared.pixel_dims)))
 
 
-def cross_entropy_map(prepared: Prepared, class_weights: Sequence[float] | Tensor | None) -> Tensor:
+def cross_entropy_map(
+    prepared: Prepared,
+    class_weights: Sequence[float] | Tensor | None,
+    *,
+    label_smoothing: float = 0.0,
+    pos_weight: float | Sequence[float] | Tensor | None = None,
+) -> Tensor:
     """(B, *S) per-pixel (weighted) cross-entropy whose mean over an image's counted pixels is its
-    weighted mean; ignored pixels hold 0. ``class_weights`` are validated here."""
+    weighted mean; ignored pixels hold 0. The options are validated here (see :func:`pixel_cross_entropy`)."""
     weights = check_class_weights("class_weights", class_weights, prepared.num_classes, prepared.logits)
-    values, pixel_weights = pixel_cross_entropy(prepared, weights)
+    label_smoothing = check_number("label_smoothing", label_smoothing, low=0.0, high=1.0)
+    if isinstance(pos_weight, (int, float)) and not isinstance(pos_weight, bool):
+        pos_weight = [check_number("pos_weight", pos_weight, low=0.0)] * prepared.num_classes
+    positive = check_class_weights("pos_weight", pos_weight, prepared.num_classes, prepared.logits)
+    values, pixel_weights = pixel_cross_entropy(prepared, weights, label_smoothing=label_smoothing, pos_weight=positive)
     return weighted_mean_per_pixel(values, pixel_weights, prepared)
 
 

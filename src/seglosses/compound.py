@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from seglosses._checks import check_class_weights, check_number, check_one_of, check_type, fail
-from seglosses.base import Loss, Weighted, reduce_images
+from seglosses.base import Loss, Weighted, check_shared_options, reduce_images
 from seglosses.blocks import (
     class_average_weights,
     cross_entropy_map,
@@ -43,7 +43,15 @@ from seglosses.blocks import (
     ratio_per_pixel,
 )
 from seglosses.pixel import CrossEntropyLoss, FocalLoss, cross_entropy_per_pixel, focal_loss, focal_loss_per_pixel
-from seglosses.region import DiceLoss, FocalTverskyLoss, dice_loss_per_pixel, focal_tversky_loss
+from seglosses.region import (
+    DiceLoss,
+    FocalTverskyLoss,
+    GeneralizedDiceLoss,
+    dice_loss_per_pixel,
+    focal_tversky_loss,
+    generalized_dice_loss,
+    generalized_dice_loss_per_pixel,
+)
 from seglosses.registry import register_loss
 from seglosses.targets import MODES, Prepared, prepare
 
@@ -53,6 +61,7 @@ __all__ = [
     "DiceCELoss",
     "DiceFocalLoss",
     "ExpLogLoss",
+    "GeneralizedDiceFocalLoss",
     "HybridFocalLoss",
     "TopKDiceLoss",
     "UnifiedFocalLoss",
@@ -67,6 +76,8 @@ __all__ = [
     "dice_focal_loss",
     "dice_focal_loss_per_pixel",
     "exp_log_loss",
+    "generalized_dice_focal_loss",
+    "generalized_dice_focal_loss_per_pixel",
     "hybrid_focal_loss",
     "topk_dice_loss",
     "unified_focal_loss",
@@ -77,7 +88,7 @@ class _NamedSum(Weighted):
     """A named weighted sum whose terms are built from its options, stored like any loss's options."""
 
     def __init__(self, terms: Sequence[tuple[float, Loss]], reduction: str, **options) -> None:
-        _check_mode_option(options.get("mode"), type(self).modes)
+        check_shared_options(type(self).__name__, type(self).modes, options)
         super().__init__(terms, reduction)
         self.options = options
 
@@ -151,10 +162,12 @@ def _check_lambda(name: str, value: float) -> float:
 # --------------------------------------------------------------------------- Dice + CE
 
 
-def _prepared_dice(logits, target, squared, batch, mode, include_background, ignore_index, eps):
+def _prepared_dice(logits, target, squared, batch, mode, include_background, ignore_index, eps,
+                   dice_class_weights=None):
     """The prepared inputs and the per-image Dice loss: Dice + X compounds prepare their inputs once."""
     check_type("batch", batch, bool)
-    prepared, eps, weights = prepare_class_average(logits, target, mode, ignore_index, include_background, None, eps)
+    prepared, eps, weights = prepare_class_average(logits, target, mode, ignore_index, include_background,
+                                                   dice_class_weights, eps)
     excess, denominator = dice_error_sums(prepared, squared)
     return prepared, ratio_per_image(excess, denominator, weights, batch=batch, eps=eps)
 
@@ -170,6 +183,9 @@ def dice_ce_loss(
     mode: str | None = None,
     include_background: bool = True,
     class_weights: Sequence[float] | Tensor | None = None,
+    dice_class_weights: Sequence[float] | Tensor | None = None,
+    label_smoothing: float = 0.0,
+    pos_weight: float | Sequence[float] | Tensor | None = None,
     ignore_index: int | None = None,
     eps: float = 1e-5,
     reduction: str = "mean",
@@ -192,7 +208,12 @@ def dice_ce_loss(
         lambda_dice, lambda_ce: non-negative weights of the two terms.
         squared, batch, include_background, eps: options of the Dice term (see ``dice_loss``).
         mode: "multiclass", "binary" or "multilabel"; inferred from C when None.
-        class_weights: (C,) weights of the cross-entropy term only.
+        class_weights: (C,) weights of the cross-entropy term only (PyTorch's ``weight``).
+        dice_class_weights: (C,) weights of the Dice term's class average only. MONAI's
+            ``DiceCELoss(weight=w)`` weighs both terms: ``class_weights=w, dice_class_weights=w``
+            (MONAI multiplies the per-class Dice losses by w and averages; ours normalises by the
+            sum of w: the same number when the weights sum to C).
+        label_smoothing, pos_weight: options of the cross-entropy term (see ``cross_entropy``).
         ignore_index: label whose pixels are ignored by both terms.
         reduction: "mean" or "sum" over images, or "none" for (B,).
 
@@ -207,8 +228,10 @@ def dice_ce_loss(
         >>> torch.allclose(loss, dice_loss(logits, labels) + cross_entropy(logits, labels))
         True
     """
-    prepared, dice = _prepared_dice(logits, target, squared, batch, mode, include_background, ignore_index, eps)
-    ce = prepared.image_mean(cross_entropy_map(prepared, class_weights))
+    prepared, dice = _prepared_dice(logits, target, squared, batch, mode, include_background, ignore_index, eps,
+                                    dice_class_weights)
+    ce = prepared.image_mean(cross_entropy_map(prepared, class_weights, label_smoothing=label_smoothing,
+                                               pos_weight=pos_weight))
     return reduce_images(_check_lambda("lambda_dice", lambda_dice) * dice + _check_lambda("lambda_ce", lambda_ce) * ce,
                          reduction)
 
@@ -224,6 +247,9 @@ def dice_ce_loss_per_pixel(
     mode: str | None = None,
     include_background: bool = True,
     class_weights: Sequence[float] | Tensor | None = None,
+    dice_class_weights: Sequence[float] | Tensor | None = None,
+    label_smoothing: float = 0.0,
+    pos_weight: float | Sequence[float] | Tensor | None = None,
     ignore_index: int | None = None,
     eps: float = 1e-5,
 ) -> Tensor:
@@ -239,8 +265,10 @@ def dice_ce_loss_per_pixel(
         True
     """
     dice = dice_loss_per_pixel(logits, target, squared=squared, batch=batch, mode=mode,
-                               include_background=include_background, ignore_index=ignore_index, eps=eps)
-    ce = cross_entropy_per_pixel(logits, target, mode=mode, class_weights=class_weights, ignore_index=ignore_index)
+                               include_background=include_background, class_weights=dice_class_weights,
+                               ignore_index=ignore_index, eps=eps)
+    ce = cross_entropy_per_pixel(logits, target, mode=mode, class_weights=class_weights, ignore_index=ignore_index,
+                                 label_smoothing=label_smoothing, pos_weight=pos_weight)
     return _check_lambda("lambda_dice", lambda_dice) * dice + _check_lambda("lambda_ce", lambda_ce) * ce
 
 
@@ -272,13 +300,19 @@ class DiceCELoss(_NamedSum):
         mode: str | None = None,
         include_background: bool = True,
         class_weights: Sequence[float] | Tensor | None = None,
+        dice_class_weights: Sequence[float] | Tensor | None = None,
+        label_smoothing: float = 0.0,
+        pos_weight: float | Sequence[float] | Tensor | None = None,
         ignore_index: int | None = None,
         eps: float = 1e-5,
         reduction: str = "mean",
     ) -> None:
+        check_shared_options(type(self).__name__, type(self).modes, {"mode": mode, "dice_class_weights":
+                                                                    dice_class_weights, "pos_weight": pos_weight})
         dice = DiceLoss(squared=squared, batch=batch, mode=mode, include_background=include_background,
-                        ignore_index=ignore_index, eps=eps)
-        ce = CrossEntropyLoss(mode=mode, class_weights=class_weights, ignore_index=ignore_index)
+                        class_weights=dice_class_weights, ignore_index=ignore_index, eps=eps)
+        ce = CrossEntropyLoss(mode=mode, class_weights=class_weights, ignore_index=ignore_index,
+                              label_smoothing=label_smoothing, pos_weight=pos_weight)
         super().__init__(
             [(_check_lambda("lambda_dice", lambda_dice), dice), (_check_lambda("lambda_ce", lambda_ce), ce)],
             reduction,
@@ -289,6 +323,9 @@ class DiceCELoss(_NamedSum):
             mode=mode,
             include_background=include_background,
             class_weights=class_weights,
+            dice_class_weights=dice_class_weights,
+            label_smoothing=label_smoothing,
+            pos_weight=pos_weight,
             ignore_index=ignore_index,
             eps=eps,
         )
@@ -309,6 +346,7 @@ def dice_focal_loss(
     batch: bool = False,
     mode: str | None = None,
     include_background: bool = True,
+    dice_class_weights: Sequence[float] | Tensor | None = None,
     ignore_index: int | None = None,
     eps: float = 1e-5,
     reduction: str = "mean",
@@ -330,9 +368,13 @@ def dice_focal_loss(
         logits: (B, C, *S) scores.
         target: labels (B, *S) / (B, 1, *S) or a dense (B, C, *S) target.
         lambda_dice, lambda_focal: non-negative weights of the two terms.
-        gamma, alpha: options of the focal term (see ``focal_loss``; ``alpha`` weighs its classes).
+        gamma, alpha: options of the focal term (see ``focal_loss``; ``alpha`` weighs its classes, the
+            focal term only).
         squared, batch, include_background, eps: options of the Dice term (see ``dice_loss``).
         mode: "multiclass", "binary" or "multilabel"; inferred from C when None.
+        dice_class_weights: (C,) weights of the Dice term's class average only. MONAI's ``weight``
+            weighs both terms: in multiclass mode pass it as ``alpha`` (per-class weights of the
+            softmax focal term) and as ``dice_class_weights`` (equal when the weights sum to C).
         ignore_index: label whose pixels are ignored by both terms.
         reduction: "mean" or "sum" over images, or "none" for (B,).
 
@@ -347,7 +389,8 @@ def dice_focal_loss(
         >>> torch.allclose(loss, dice_loss(logits, labels) + 0.5 * focal_loss(logits, labels))
         True
     """
-    prepared, dice = _prepared_dice(logits, target, squared, batch, mode, include_background, ignore_index, eps)
+    prepared, dice = _prepared_dice(logits, target, squared, batch, mode, include_background, ignore_index, eps,
+                                    dice_class_weights)
     focal = prepared.image_mean(focal_map(prepared, gamma, alpha))
     weighted = _check_lambda("lambda_dice", lambda_dice) * dice + _check_lambda("lambda_focal", lambda_focal) * focal
     return reduce_images(weighted, reduction)
@@ -365,6 +408,7 @@ def dice_focal_loss_per_pixel(
     batch: bool = False,
     mode: str | None = None,
     include_background: bool = True,
+    dice_class_weights: Sequence[float] | Tensor | None = None,
     ignore_index: int | None = None,
     eps: float = 1e-5,
 ) -> Tensor:
@@ -381,7 +425,8 @@ def dice_focal_loss_per_pixel(
         True
     """
     dice = dice_loss_per_pixel(logits, target, squared=squared, batch=batch, mode=mode,
-                               include_background=include_background, ignore_index=ignore_index, eps=eps)
+                               include_background=include_background, class_weights=dice_class_weights,
+                               ignore_index=ignore_index, eps=eps)
     focal = focal_loss_per_pixel(logits, target, gamma=gamma, alpha=alpha, mode=mode, ignore_index=ignore_index)
     return _check_lambda("lambda_dice", lambda_dice) * dice + _check_lambda("lambda_focal", lambda_focal) * focal
 
@@ -415,12 +460,15 @@ class DiceFocalLoss(_NamedSum):
         batch: bool = False,
         mode: str | None = None,
         include_background: bool = True,
+        dice_class_weights: Sequence[float] | Tensor | None = None,
         ignore_index: int | None = None,
         eps: float = 1e-5,
         reduction: str = "mean",
     ) -> None:
+        check_shared_options(type(self).__name__, type(self).modes, {"mode": mode, "dice_class_weights":
+                                                                    dice_class_weights, "alpha": alpha})
         dice = DiceLoss(squared=squared, batch=batch, mode=mode, include_background=include_background,
-                        ignore_index=ignore_index, eps=eps)
+                        class_weights=dice_class_weights, ignore_index=ignore_index, eps=eps)
         focal = FocalLoss(gamma=gamma, alpha=alpha, mode=mode, ignore_index=ignore_index)
         super().__init__(
             [(_check_lambda("lambda_dice", lambda_dice), dice), (_check_lambda("lambda_focal", lambda_focal), focal)],
@@ -430,6 +478,148 @@ class DiceFocalLoss(_NamedSum):
             gamma=gamma,
             alpha=alpha,
             squared=squared,
+            batch=batch,
+            mode=mode,
+            include_background=include_background,
+            dice_class_weights=dice_class_weights,
+            ignore_index=ignore_index,
+            eps=eps,
+        )
+
+
+# --------------------------------------------------------------------------- generalised Dice + focal
+
+
+def generalized_dice_focal_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    lambda_gdl: float = 1.0,
+    lambda_focal: float = 1.0,
+    w_type: str = "square",
+    gamma: float = 2.0,
+    alpha: float | Sequence[float] | Tensor | None = None,
+    batch: bool = False,
+    mode: str | None = None,
+    include_background: bool = True,
+    ignore_index: int | None = None,
+    eps: float = 1e-5,
+    reduction: str = "mean",
+) -> Tensor:
+    r"""Generalised Dice + focal: :math:`L = \lambda_{GDL} L_{GDL} + \lambda_F L_F`, per image.
+
+    That is :func:`~seglosses.region.generalized_dice_loss` plus :func:`~seglosses.pixel.focal_loss`
+    (MONAI's ``GeneralizedDiceFocalLoss``). MONAI's focal term is a sigmoid focal loss over the
+    one-hot channels whatever the Dice activation: its ``softmax=True`` number is
+    ``GeneralizedDiceLoss() + FocalLoss(mode="multilabel")`` on a one-hot target; ours keeps one
+    activation (the softmax focal loss in multiclass mode). In sigmoid modes our generalised Dice
+    adds each channel's complement as a class (see ``generalized_dice_loss``), MONAI's does not.
+
+    Reference: Sudre et al., DLMIA 2017 (generalised Dice); Lin et al., ICCV 2017 (focal).
+
+    Args:
+        logits: (B, C, *S) scores.
+        target: labels (B, *S) / (B, 1, *S) or a dense (B, C, *S) target.
+        lambda_gdl, lambda_focal: non-negative weights of the two terms.
+        w_type, batch, include_background, eps: options of the generalised Dice term.
+        gamma, alpha: options of the focal term (``alpha`` weighs its classes; MONAI's ``weight``).
+        mode: "multiclass", "binary" or "multilabel"; inferred from C when None.
+        ignore_index: label whose pixels are ignored by both terms.
+        reduction: "mean" or "sum" over images, or "none" for (B,).
+
+    Returns:
+        A scalar, or (B,) for ``reduction="none"``.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> from seglosses import generalized_dice_loss
+        >>> expected = generalized_dice_loss(logits, labels) + focal_loss(logits, labels)
+        >>> torch.allclose(generalized_dice_focal_loss(logits, labels), expected)
+        True
+    """
+    gdl = generalized_dice_loss(logits, target, w_type=w_type, batch=batch, mode=mode,
+                                include_background=include_background, ignore_index=ignore_index, eps=eps,
+                                reduction="none")
+    focal = focal_loss(logits, target, gamma=gamma, alpha=alpha, mode=mode, ignore_index=ignore_index,
+                       reduction="none")
+    weighted = _check_lambda("lambda_gdl", lambda_gdl) * gdl + _check_lambda("lambda_focal", lambda_focal) * focal
+    return reduce_images(weighted, reduction)
+
+
+def generalized_dice_focal_loss_per_pixel(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    lambda_gdl: float = 1.0,
+    lambda_focal: float = 1.0,
+    w_type: str = "square",
+    gamma: float = 2.0,
+    alpha: float | Sequence[float] | Tensor | None = None,
+    batch: bool = False,
+    mode: str | None = None,
+    include_background: bool = True,
+    ignore_index: int | None = None,
+    eps: float = 1e-5,
+) -> Tensor:
+    """Per-pixel form of :func:`generalized_dice_focal_loss`, (B, *S).
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> per_pixel = generalized_dice_focal_loss_per_pixel(logits, labels)
+        >>> torch.allclose(per_pixel.mean(dim=(1, 2)), generalized_dice_focal_loss(logits, labels, reduction="none"))
+        True
+    """
+    gdl = generalized_dice_loss_per_pixel(logits, target, w_type=w_type, batch=batch, mode=mode,
+                                          include_background=include_background, ignore_index=ignore_index, eps=eps)
+    focal = focal_loss_per_pixel(logits, target, gamma=gamma, alpha=alpha, mode=mode, ignore_index=ignore_index)
+    return _check_lambda("lambda_gdl", lambda_gdl) * gdl + _check_lambda("lambda_focal", lambda_focal) * focal
+
+
+@register_loss("generalized_dice_focal")
+class GeneralizedDiceFocalLoss(_NamedSum):
+    """Module form of :func:`generalized_dice_focal_loss`: a :class:`Weighted` sum of ``GeneralizedDiceLoss``
+    and ``FocalLoss``.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> loss = GeneralizedDiceFocalLoss(lambda_focal=0.5)
+        >>> torch.allclose(loss(logits, labels), generalized_dice_focal_loss(logits, labels, lambda_focal=0.5))
+        True
+    """
+
+    modes = MODES
+    has_per_pixel = True
+    function = staticmethod(generalized_dice_focal_loss)
+
+    def __init__(
+        self,
+        *,
+        lambda_gdl: float = 1.0,
+        lambda_focal: float = 1.0,
+        w_type: str = "square",
+        gamma: float = 2.0,
+        alpha: float | Sequence[float] | Tensor | None = None,
+        batch: bool = False,
+        mode: str | None = None,
+        include_background: bool = True,
+        ignore_index: int | None = None,
+        eps: float = 1e-5,
+        reduction: str = "mean",
+    ) -> None:
+        gdl = GeneralizedDiceLoss(w_type=w_type, batch=batch, mode=mode, include_background=include_background,
+                                  ignore_index=ignore_index, eps=eps)
+        focal = FocalLoss(gamma=gamma, alpha=alpha, mode=mode, ignore_index=ignore_index)
+        super().__init__(
+            [(_check_lambda("lambda_gdl", lambda_gdl), gdl), (_check_lambda("lambda_focal", lambda_focal), focal)],
+            reduction,
+            lambda_gdl=lambda_gdl,
+            lambda_focal=lambda_focal,
+            w_type=w_type,
+            gamma=gamma,
+            alpha=alpha,
             batch=batch,
             mode=mode,
             include_background=include_background,
@@ -1008,6 +1198,9 @@ class HybridFocalLoss(_NamedSum):
         reduction: str = "mean",
     ) -> None:
         check_number("focal_weight", focal_weight, low=0.0, high=1.0)
+        check_number("focal_gamma", focal_gamma, low=0.0)
+        check_number("tversky_gamma", tversky_gamma, low=0.0, low_inclusive=False)
+        check_shared_options(type(self).__name__, type(self).modes, {"mode": mode, "focal_alpha": focal_alpha})
         focal = FocalLoss(gamma=focal_gamma, alpha=focal_alpha, mode=mode, ignore_index=ignore_index)
         focal_tversky = FocalTverskyLoss(fp_weight=fp_weight, fn_weight=fn_weight, gamma=tversky_gamma, mode=mode,
                                          include_background=include_background, class_weights=class_weights,

@@ -54,6 +54,8 @@ def cross_entropy_per_pixel(
     mode: str | None = None,
     class_weights: Sequence[float] | Tensor | None = None,
     ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    pos_weight: float | Sequence[float] | Tensor | None = None,
 ) -> Tensor:
     r"""Per-pixel (weighted) cross-entropy, (B, *S); see :func:`cross_entropy`.
 
@@ -71,7 +73,7 @@ def cross_entropy_per_pixel(
         True
     """
     prepared = prepare(logits, target, mode=mode, ignore_index=ignore_index)
-    return cross_entropy_map(prepared, class_weights)
+    return cross_entropy_map(prepared, class_weights, label_smoothing=label_smoothing, pos_weight=pos_weight)
 
 
 def cross_entropy(
@@ -81,6 +83,8 @@ def cross_entropy(
     mode: str | None = None,
     class_weights: Sequence[float] | Tensor | None = None,
     ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    pos_weight: float | Sequence[float] | Tensor | None = None,
     reduction: str = "mean",
 ) -> Tensor:
     r"""Cross-entropy per image, with optional class weights (weighted CE).
@@ -101,6 +105,10 @@ def cross_entropy(
         mode: "multiclass", "binary" or "multilabel"; inferred from C when None.
         class_weights: (C,) non-negative weights, or None.
         ignore_index: label whose pixels are ignored.
+        label_smoothing: epsilon in [0, 1]: the target becomes (1 - epsilon) t + epsilon / K (K = C
+            classes, or 2 per sigmoid channel), PyTorch's ``label_smoothing`` (MONAI's DiceCELoss).
+        pos_weight: sigmoid modes only: a number or (C,) weights of the positive term of each
+            channel's BCE, PyTorch's ``BCEWithLogitsLoss(pos_weight)``.
         reduction: "mean" or "sum" over images, or "none" for the (B,) per-image losses.
 
     Returns:
@@ -115,12 +123,14 @@ def cross_entropy(
         True
     """
     prepared = prepare(logits, target, mode=mode, ignore_index=ignore_index)
-    if reduction != "none" and _uniform_labels(prepared, class_weights):
+    if reduction != "none" and _uniform_labels(prepared, class_weights) and pos_weight is None:
         # Every image counts all its pixels with equal weight: the mean of the per-image means is
         # the global mean, which PyTorch's fused kernel computes without a per-pixel gradient buffer.
-        mean = F.cross_entropy(prepared.logits, prepared.labels)
+        label_smoothing = check_number("label_smoothing", label_smoothing, low=0.0, high=1.0)
+        mean = F.cross_entropy(prepared.logits, prepared.labels, label_smoothing=label_smoothing)
         return mean if reduction == "mean" else mean * prepared.logits.shape[0]
-    return reduce_images(prepared.image_mean(cross_entropy_map(prepared, class_weights)), reduction)
+    per_pixel = cross_entropy_map(prepared, class_weights, label_smoothing=label_smoothing, pos_weight=pos_weight)
+    return reduce_images(prepared.image_mean(per_pixel), reduction)
 
 
 @register_loss("cross_entropy")
@@ -147,9 +157,26 @@ class CrossEntropyLoss(Loss):
         mode: str | None = None,
         class_weights: Sequence[float] | Tensor | None = None,
         ignore_index: int | None = None,
+        label_smoothing: float = 0.0,
+        pos_weight: float | Sequence[float] | Tensor | None = None,
         reduction: str = "mean",
     ) -> None:
-        super().__init__(reduction, mode=mode, class_weights=class_weights, ignore_index=ignore_index)
+        check_cross_entropy_options(mode, label_smoothing, pos_weight)
+        super().__init__(reduction, mode=mode, class_weights=class_weights, ignore_index=ignore_index,
+                         label_smoothing=label_smoothing, pos_weight=pos_weight)
+
+
+def check_cross_entropy_options(mode: str | None, label_smoothing: float, pos_weight: object) -> None:
+    """``label_smoothing`` in [0, 1]; ``pos_weight`` None, a non-negative number or per-channel weights, and
+    not in multiclass mode (checked at construction; the per-channel count is checked at the call)."""
+    check_number("label_smoothing", label_smoothing, low=0.0, high=1.0)
+    if pos_weight is None:
+        return
+    if mode == "multiclass":
+        fail("pos_weight", "None in multiclass mode (it weighs the positive term of a binary cross-entropy)",
+             "a pos_weight; use class_weights")
+    if isinstance(pos_weight, (int, float)) and not isinstance(pos_weight, bool):
+        check_number("pos_weight", pos_weight, low=0.0)  # per-channel weights: checked with the shared options
 
 
 # --------------------------------------------------------------------------- TopK cross-entropy

@@ -95,14 +95,42 @@ def _per_image(values: Tensor, batch_size: int) -> Tensor:
 
 
 
-def _dice_setup(logits, target, mode, ignore_index, include_background, class_weights, squared, eps, per_pixel):
+AVERAGES: tuple[str, ...] = ("macro", "micro")
+
+
+def pooled_over_classes(denominator: Tensor, weights: Tensor, average: str) -> Tensor:
+    """The denominators of a class average: per class ("macro"), or one pooled over the classes, repeated
+    for each ("micro", kornia's default Dice), so that the ratio is
+    :math:`\\sum_c a_c E_c / (\\sum_c a_c Q_c + \\varepsilon)`."""
+    check_one_of("average", average, AVERAGES)
+    if average == "macro":
+        return denominator
+    return (denominator * weights).sum(dim=1, keepdim=True).expand_as(denominator)
+
+
+def _soft_dice_parts(prepared: Prepared, per_pixel: bool) -> tuple[Tensor, Tensor]:
+    """Linear Dice errors :math:`|p - t|` (MONAI's ``soft_label``: zero where p = t, also for soft
+    targets) and denominators :math:`\\sum p + \\sum t`; maps (B, C, *S) or sums (B, C)."""
+    probs = prepared.mask(prepared.probs())
+    target = prepared.target
+    errors = (probs - target).abs()
+    denominator = spatial_sums(probs) + spatial_sums(target)
+    return (errors if per_pixel else spatial_sums(errors)), denominator
+
+
+def _dice_setup(logits, target, mode, ignore_index, include_background, class_weights, squared, eps, per_pixel,
+                average="macro", soft_label=False):
     """Prepared inputs, eps, class weights, and the Dice errors (maps for ``per_pixel``, else sums) and
     denominators."""
     prepared, eps, weights = prepare_class_average(
         logits, target, mode, ignore_index, include_background, class_weights, eps
     )
-    errors, denominator = dice_error_maps(prepared, squared) if per_pixel else dice_error_sums(prepared, squared)
-    return prepared, eps, weights, errors, denominator
+    check_type("soft_label", soft_label, bool)
+    if soft_label and not squared:
+        errors, denominator = _soft_dice_parts(prepared, per_pixel)
+    else:  # the squared errors (p - t)^2 are already zero where p = t
+        errors, denominator = dice_error_maps(prepared, squared) if per_pixel else dice_error_sums(prepared, squared)
+    return prepared, eps, weights, errors, pooled_over_classes(denominator, weights, average)
 
 
 def dice_loss(
@@ -116,6 +144,8 @@ def dice_loss(
     class_weights: Sequence[float] | Tensor | None = None,
     ignore_index: int | None = None,
     eps: float = 1e-5,
+    average: str = "macro",
+    soft_label: bool = False,
     reduction: str = "mean",
 ) -> Tensor:
     r"""Soft Dice loss, per image (or pooled over the batch), averaged over classes.
@@ -135,10 +165,18 @@ def dice_loss(
         squared: squared (V-Net) or linear denominator.
         batch: pool the counts over the batch (nnU-Net "batch Dice").
         mode: "multiclass", "binary" or "multilabel"; inferred from C when None.
-        include_background: count channel 0 in the class average.
+        include_background: count channel 0 in the class average (default True: a loss trains every
+            output channel, as MONAI's DiceLoss; the metrics leave the background out by default,
+            see :mod:`seglosses.metrics.overlap`).
         class_weights: (C,) weights of the class average.
         ignore_index: label whose pixels are ignored.
         eps: smoothing added to numerator and denominator (> 0).
+        average: "macro" (default): the mean of the per-class Dice losses; "micro": one Dice
+            over the pooled class counts, :math:`\\sum_c a_c E_c / (\\sum_c a_c Q_c + \\varepsilon)`
+            (kornia's default ``average="micro"``; dominated by the large classes).
+        soft_label: with ``squared=False``, the errors :math:`|p - t|` (MONAI's ``soft_label=True``),
+            so that the loss reaches 0 at p = t for soft targets too; the same for hard targets.
+            The squared Dice already does.
         reduction: "mean" or "sum" over images, or "none" for (B,).
 
     Returns:
@@ -156,7 +194,8 @@ def dice_loss(
     """
     check_type("batch", batch, bool)
     _, eps, weights, errors, denominator = _dice_setup(
-        logits, target, mode, ignore_index, include_background, class_weights, squared, eps, per_pixel=False
+        logits, target, mode, ignore_index, include_background, class_weights, squared, eps, per_pixel=False,
+        average=average, soft_label=soft_label,
     )
     return reduce_images(ratio_per_image(errors, denominator, weights, batch=batch, eps=eps), reduction)
 
@@ -172,6 +211,8 @@ def dice_loss_per_pixel(
     class_weights: Sequence[float] | Tensor | None = None,
     ignore_index: int | None = None,
     eps: float = 1e-5,
+    average: str = "macro",
+    soft_label: bool = False,
 ) -> Tensor:
     r"""Exact per-pixel decomposition of :func:`dice_loss`, (B, *S).
 
@@ -193,7 +234,8 @@ def dice_loss_per_pixel(
     """
     check_type("batch", batch, bool)
     prepared, eps, weights, errors, denominator = _dice_setup(
-        logits, target, mode, ignore_index, include_background, class_weights, squared, eps, per_pixel=True
+        logits, target, mode, ignore_index, include_background, class_weights, squared, eps, per_pixel=True,
+        average=average, soft_label=soft_label,
     )
     return ratio_per_pixel(errors, denominator, weights, prepared, batch=batch, eps=eps)
 
@@ -226,11 +268,15 @@ class DiceLoss(Loss):
         class_weights: Sequence[float] | Tensor | None = None,
         ignore_index: int | None = None,
         eps: float = 1e-5,
+        average: str = "macro",
+        soft_label: bool = False,
         reduction: str = "mean",
     ) -> None:
         check_type("squared", squared, bool)
         check_type("batch", batch, bool)
         check_number("eps", eps, low=0.0, low_inclusive=False)
+        check_one_of("average", average, AVERAGES)
+        check_type("soft_label", soft_label, bool)
         super().__init__(
             reduction,
             squared=squared,
@@ -240,6 +286,8 @@ class DiceLoss(Loss):
             class_weights=class_weights,
             ignore_index=ignore_index,
             eps=eps,
+            average=average,
+            soft_label=soft_label,
         )
 
 
@@ -853,7 +901,8 @@ def _check_tversky_weights(fp_weight: float, fn_weight: float) -> tuple[float, f
 
 
 def _tversky_setup(
-    logits, target, fp_weight, fn_weight, batch, mode, ignore_index, include_background, class_weights, eps, per_pixel
+    logits, target, fp_weight, fn_weight, batch, mode, ignore_index, include_background, class_weights, eps, per_pixel,
+    average="macro",
 ):
     fp_weight, fn_weight = _check_tversky_weights(fp_weight, fn_weight)
     check_type("batch", batch, bool)
@@ -862,7 +911,7 @@ def _tversky_setup(
     )
     excess, true_positives = _tversky_counts(prepared, fp_weight, fn_weight)
     errors = _tversky_parts(prepared, fp_weight, fn_weight) if per_pixel else excess
-    return prepared, eps, weights, errors, true_positives + excess
+    return prepared, eps, weights, errors, pooled_over_classes(true_positives + excess, weights, average)
 
 
 def tversky_loss(
@@ -877,6 +926,7 @@ def tversky_loss(
     class_weights: Sequence[float] | Tensor | None = None,
     ignore_index: int | None = None,
     eps: float = 1e-5,
+    average: str = "macro",
     reduction: str = "mean",
 ) -> Tensor:
     r"""Tversky loss per image (or pooled over the batch), averaged over classes.
@@ -903,6 +953,10 @@ def tversky_loss(
         class_weights: (C,) weights of the class average.
         ignore_index: label whose pixels are ignored.
         eps: smoothing added to numerator and denominator (> 0).
+        average: "macro" (default): the mean of the per-class Tversky losses (kornia's
+            ``tversky_loss`` when every class is present, its alpha = ``fp_weight``, beta =
+            ``fn_weight``); "micro": one ratio over the pooled class counts, like kornia's default
+            (micro) Dice.
         reduction: "mean" or "sum" over images, or "none" for (B,).
 
     Returns:
@@ -916,7 +970,7 @@ def tversky_loss(
     """
     _, eps, weights, errors, denominator = _tversky_setup(
         logits, target, fp_weight, fn_weight, batch, mode, ignore_index, include_background, class_weights, eps,
-        per_pixel=False,
+        average=average, per_pixel=False,
     )
     return reduce_images(ratio_per_image(errors, denominator, weights, batch=batch, eps=eps), reduction)
 
@@ -933,6 +987,7 @@ def tversky_loss_per_pixel(
     class_weights: Sequence[float] | Tensor | None = None,
     ignore_index: int | None = None,
     eps: float = 1e-5,
+    average: str = "macro",
 ) -> Tensor:
     r"""Exact per-pixel decomposition of :func:`tversky_loss`, (B, *S).
 
@@ -952,7 +1007,7 @@ def tversky_loss_per_pixel(
     """
     prepared, eps, weights, errors, denominator = _tversky_setup(
         logits, target, fp_weight, fn_weight, batch, mode, ignore_index, include_background, class_weights, eps,
-        per_pixel=True,
+        average=average, per_pixel=True,
     )
     return ratio_per_pixel(errors, denominator, weights, prepared, batch=batch, eps=eps)
 
@@ -986,9 +1041,11 @@ class TverskyLoss(Loss):
         class_weights: Sequence[float] | Tensor | None = None,
         ignore_index: int | None = None,
         eps: float = 1e-5,
+        average: str = "macro",
         reduction: str = "mean",
     ) -> None:
         _check_tversky_weights(fp_weight, fn_weight)
+        check_one_of("average", average, AVERAGES)
         check_type("batch", batch, bool)
         check_number("eps", eps, low=0.0, low_inclusive=False)
         super().__init__(
@@ -1001,6 +1058,7 @@ class TverskyLoss(Loss):
             class_weights=class_weights,
             ignore_index=ignore_index,
             eps=eps,
+            average=average,
         )
 
 

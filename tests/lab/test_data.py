@@ -65,6 +65,13 @@ def test_hc18_frames_of_one_subject_share_a_split(data_dir):
     assert [r.name for r in other.test.refs] != [r.name for r in splits.test.refs]
 
 
+def test_packaged_hc18_demo_subset():
+    splits = build_splits(DataConfig("hc18_demo", image_size=(32, 48), max_train=2, max_val=1, max_test=1))
+    assert "demo_data" in splits.train.refs[0].image_path and splits.class_names == ["background", "head"]
+    sample = splits.test[0]
+    assert sample["image"].shape == (1, 32, 48) and sample["spacing"].shape == (2,)
+
+
 def test_each_image_is_resized_on_its_own(data_dir):
     # 24 HC18 images have other native sizes than 400x270; after resizing all share image_size
     config = DataConfig("hc18", root=str(data_dir / "hc18"), image_size=(40, 60))

@@ -205,7 +205,7 @@ def test_as_labels():
         (lambda p, t: accuracy(p, t, 3, kind="top1"), ValueError, "Expected `kind` to be one of"),
         (lambda p, t: accuracy(p, t, 3, average="class"), ValueError, "Expected `average` to be one of"),
         (lambda p, t: precision(p, t, 3, zero_division=2.0), ValueError, "Expected `zero_division`"),
-        (lambda p, t: dice_score(p[0], t[0], 3), ValueError, r"Expected `pred` to be a label map of shape"),
+        (lambda p, t: dice_score(p[0], t[0], 3), ValueError, r"Expected `pred` to be an integer label map of shape"),
         (lambda p, t: dice_score(p, t, 3, include_background=1), TypeError, "Expected `include_background`"),
     ],
 )

@@ -270,8 +270,13 @@ def test_empty_masks_strict():
     assert spaced == pytest.approx(math.hypot(12, 4))
     assert assd(pred, target, 2)[:3, 0].isnan().tolist() == [True, True, False]
     assert surface_dice(pred, target, 2, tolerance=1.0)[:3, 0].tolist() == [0.0, 0.0, 1.0]
-    # The mean skips the undefined images, it does not count them as 0.
-    assert hd95(pred, target, 2, average="macro").item() == pytest.approx(values[2:].mean().item())
+    # A function's mean does not hide the undefined images (neither skipped nor counted as 0): NaN.
+    assert math.isnan(hd95(pred, target, 2, average="macro").item())
+    assert math.isnan(hd95(pred, target, 2, average="class")[0].item())
+    assert hd95(pred[2:], target[2:], 2, average="macro").item() == pytest.approx(values[2:].mean().item())
+    assert hd95(pred, target, 2, average="macro", empty_hd="diag").item() == pytest.approx(
+        (2 * diagonal + values[2:].sum().item()) / 4
+    )
 
 
 def test_empty_masks_transunet_compat():
@@ -310,12 +315,8 @@ def test_percentile_and_averaging(make_pair):
     torch.testing.assert_close(per_unit, hausdorff_distance(pred, target, 4))
     assert per_unit.shape == (3, 3)
     assert hausdorff_distance(pred, target, 4, include_background=True).shape == (3, 4)
-    torch.testing.assert_close(
-        hd95(pred, target, 4, average="class"), torch.nanmean(hd95(pred, target, 4), 0)
-    )
-    torch.testing.assert_close(
-        hd95(pred, target, 4, average="macro"), torch.nanmean(torch.nanmean(hd95(pred, target, 4), 0))
-    )
+    torch.testing.assert_close(hd95(pred, target, 4, average="class"), hd95(pred, target, 4).mean(0), equal_nan=True)
+    torch.testing.assert_close(hd95(pred, target, 4, average="macro"), hd95(pred, target, 4).mean(), equal_nan=True)
     # per-image spacing table equals one call per image
     table = [(1.0, 2.0), (0.5, 0.5), (3.0, 1.0)]
     batched = assd(pred, target, 4, spacing=table)

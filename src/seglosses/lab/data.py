@@ -48,7 +48,7 @@ class DataConfig:
         image_size: resize every 2D image to ``(H, W)`` (bilinear with antialiasing; masks nearest).
             ``None`` keeps native sizes (then a split's images may differ in size).
         max_train, max_val, max_test: keep a seeded random subset of that many units of the split
-            (images; volumes for ACDC validation and test).
+            (images; whole volumes in a split evaluated per volume: ACDC and NIfTI-slice val/test).
         split_seed: seed of the subject split and of the subsets.
         noise: annotation noise for the training masks (:class:`~seglosses.lab.noise.NoiseConfig`).
         val_fraction, test_fraction: fractions of subjects (cases) for validation and test, where the

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from seglosses._checks import check_number, check_one_of, check_type, fail, value_checks_enabled
+from seglosses._checks import check_number, check_one_of, check_type, describe, fail, value_checks_enabled
 
 Average = Literal["none", "class", "macro", "micro"]
 EmptyMode = Literal["strict", "transunet_compat"]
@@ -25,12 +25,6 @@ PERCENTILE_MODES: tuple[str, ...] = ("pooled", "max")
 ASSD_MODES: tuple[str, ...] = ("pooled", "mean")
 
 
-def _describe(value: Any) -> str:
-    if isinstance(value, Tensor):
-        return f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
-    return repr(value)
-
-
 def check_num_classes(num_classes: Any) -> int:
     check_type("num_classes", num_classes, int)
     if num_classes < 2:
@@ -38,35 +32,86 @@ def check_num_classes(num_classes: Any) -> int:
     return num_classes
 
 
-def check_label_maps(pred: Any, target: Any, num_classes: Any) -> None:
-    """Integer label maps of one shape (B, H, W) or (B, D, H, W) with labels in [0, num_classes)."""
+def as_tensor(name: str, value: Any) -> Tensor:
+    """A tensor, or a NumPy array as a tensor (sharing its memory); anything else is refused in one line."""
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "biuf":
+            fail(name, "a tensor or a NumPy array of numbers", describe(value), TypeError)
+        return torch.from_numpy(np.ascontiguousarray(value))
+    check_type(name, value, (Tensor, np.ndarray))
+    return value
+
+
+def device_of(value: Any) -> torch.device:
+    """Where a result goes: the tensor's device, or the CPU for a NumPy array."""
+    return value.device if isinstance(value, Tensor) else torch.device("cpu")
+
+
+def is_masks(value: Tensor) -> bool:
+    """Floating-point inputs are (B, C, *S) masks (one-hot or multilabel); integer and bool ones are label maps."""
+    return value.is_floating_point()
+
+
+def resolve_maps(pred: Any, target: Any, num_classes: Any) -> tuple[Tensor, Tensor, bool]:
+    """Validate ``pred`` and ``target`` and bring them to one form.
+
+    Integer (or bool) tensors are label maps (B, H, W) or (B, D, H, W) with labels in
+    [0, num_classes). Floating-point tensors are 0/1 masks (B, C, H, W) or (B, C, D, H, W) with
+    C = num_classes: one-hot (MONAI's ``AsDiscrete(to_onehot=C)``) or overlapping multilabel
+    regions (BraTS WT/TC/ET), each channel scored as its own binary mask. NumPy arrays are
+    accepted as well. With one label map and one mask tensor, the label map is one-hot encoded.
+
+    Returns:
+        ``(pred, target, masks)``: two label maps (``masks`` False), or two (B, C, *S) bool masks.
+    """
     check_num_classes(num_classes)
-    for name, labels in (("pred", pred), ("target", target)):
-        check_type(name, labels, Tensor)
-        if labels.is_floating_point() or labels.is_complex():
-            fail(
-                name,
-                "an integer label map of shape (B, *S) (see `as_labels` for logits)",
-                _describe(labels),
-                TypeError,
-            )
-        if labels.ndim not in (3, 4):
-            fail(name, "a label map of shape (B, H, W) or (B, D, H, W)", f"shape {tuple(labels.shape)}")
+    pred, target = as_tensor("pred", pred), as_tensor("target", target)
+    for name, value in (("pred", pred), ("target", target)):
+        if value.is_complex():
+            fail(name, "a label map or a mask tensor of real numbers", describe(value), TypeError)
+        if is_masks(value):
+            if value.ndim == 3:
+                fail(name, "an integer label map of shape (B, H, W) (a float tensor is read as (B, C, *S) masks; "
+                     "cast a float label map with .long())", describe(value), TypeError)
+            if value.ndim not in (4, 5) or value.shape[1] != num_classes:
+                fail(name, f"float masks of shape (B, {num_classes}, H, W) or (B, {num_classes}, D, H, W) "
+                     f"(one channel per class, num_classes={num_classes})", f"shape {tuple(value.shape)}")
+        elif value.ndim not in (3, 4):
+            fail(name, "an integer label map of shape (B, H, W) or (B, D, H, W) (one-hot or multilabel masks "
+                 "(B, C, *S) as a float tensor; see `as_labels` for logits)", f"shape {tuple(value.shape)}")
+    if pred.device != target.device:
+        fail("target", f"on the same device as `pred` ({pred.device})", f"device {target.device}")
+    if pred.numel() == 0 or target.numel() == 0:
+        fail("pred", "a non-empty label map", f"shape {tuple(pred.shape)}")
+    for name, value in (("pred", pred), ("target", target)):
+        if not is_masks(value):
+            _check_label_range(name, value, num_classes)
+    masks = is_masks(pred) or is_masks(target)
+    if masks:
+        pred, target = (_binary_masks(name, value, num_classes) for name, value in (("pred", pred), ("target", target)))
     if target.shape != pred.shape:
         fail("target", f"of the same shape as `pred` {tuple(pred.shape)}", f"shape {tuple(target.shape)}")
-    if target.device != pred.device:
-        fail("target", f"on the same device as `pred` ({pred.device})", f"device {target.device}")
-    if pred.numel() == 0:
-        fail("pred", "a non-empty label map", f"shape {tuple(pred.shape)}")
-    if value_checks_enabled():
-        for name, labels in (("pred", pred), ("target", target)):
-            if labels.dtype != torch.bool and not _labels_in_range(labels, num_classes):
-                low, high = (int(v) for v in torch.aminmax(labels))
-                fail(
-                    name,
-                    f"labels in [0, {num_classes - 1}] (num_classes={num_classes})",
-                    f"labels in [{low}, {high}]",
-                )
+    return pred, target, masks
+
+
+def _binary_masks(name: str, value: Tensor, num_classes: int) -> Tensor:
+    """(B, C, *S) bool masks from 0/1 float masks, or from a label map (one-hot)."""
+    if not is_masks(value):
+        return torch.nn.functional.one_hot(value.long(), num_classes).movedim(-1, 1).bool()
+    masks = value != 0
+    if value_checks_enabled() and not bool((masks == (value == 1)).all()):
+        fail(name, "0/1 masks (threshold probabilities, or take the argmax, first)", "values other than 0 and 1")
+    return masks
+
+
+def _check_label_range(name: str, labels: Tensor, num_classes: int) -> None:
+    if value_checks_enabled() and labels.dtype != torch.bool and not _labels_in_range(labels, num_classes):
+        low, high = (int(v) for v in torch.aminmax(labels))
+        fail(
+            name,
+            f"labels in [0, {num_classes - 1}] (num_classes={num_classes})",
+            f"labels in [{low}, {high}]",
+        )
 
 
 def _labels_in_range(labels: Tensor, num_classes: int) -> bool:
@@ -103,7 +148,7 @@ def resolve_spacing(spacing: Any, batch_size: int, spatial_dims: int) -> np.ndar
             except (TypeError, ValueError):
                 fail("spacing", expected, repr(spacing), TypeError)
         else:
-            fail("spacing", expected, f"{type(spacing).__name__} {_describe(spacing)}", TypeError)
+            fail("spacing", expected, f"{type(spacing).__name__} {describe(spacing)}", TypeError)
         if values.shape == (spatial_dims,):
             table = np.broadcast_to(values, (batch_size, spatial_dims)).copy()
         elif values.shape == (batch_size, spatial_dims):
@@ -154,7 +199,7 @@ def resolve_tolerance(tolerance: Any, num_classes: int) -> np.ndarray:
         if values.shape != (num_classes,):
             fail("tolerance", expected, f"{len(values)} values")
     else:
-        fail("tolerance", expected, _describe(tolerance), TypeError)
+        fail("tolerance", expected, describe(tolerance), TypeError)
     if not (np.isfinite(values).all() and (values >= 0).all()):
         fail("tolerance", expected, values.tolist())
     return values
@@ -186,7 +231,7 @@ def as_labels(logits: Tensor) -> Tensor:
     """
     check_type("logits", logits, Tensor)
     if not logits.is_floating_point():
-        fail("logits", "a floating-point tensor of shape (B, C, *S)", _describe(logits), TypeError)
+        fail("logits", "a floating-point tensor of shape (B, C, *S)", describe(logits), TypeError)
     if logits.ndim not in (4, 5):
         fail("logits", "of shape (B, C, H, W) or (B, C, D, H, W)", f"shape {tuple(logits.shape)}")
     if logits.shape[1] == 1:

@@ -17,14 +17,15 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from seglosses._checks import check_one_of, check_type, fail
+from seglosses._checks import check_one_of, fail
 from seglosses.metrics._inputs import (
+    as_tensor,
     check_empty,
     check_empty_distance,
-    check_label_maps,
     check_num_classes,
     check_zero_division,
     evaluated_classes,
+    resolve_maps,
     resolve_spacing,
     resolve_tolerance,
 )
@@ -217,8 +218,10 @@ class SegmentationMetrics:
         """Add a batch.
 
         Args:
-            pred: (B, *S) integer predicted labels; (B, H, W) slices when ``unit="volume"``.
-            target: (B, *S) integer target labels.
+            pred: (B, *S) integer predicted labels, or (B, C, *S) float 0/1 masks (one-hot or
+                overlapping multilabel regions, see :func:`~seglosses.metrics.confusion_counts`);
+                (B, H, W) label slices when ``unit="volume"``. Tensors or NumPy arrays.
+            target: (B, *S) integer target labels, or (B, C, *S) float 0/1 masks.
             spacing: spacing of this batch (overrides the default): one value per spatial axis or a
                 (B, len(S)) table; in volume mode the (3,) spacing of the stacked volumes (slice axis
                 first) or a (B, 3) table.
@@ -228,14 +231,18 @@ class SegmentationMetrics:
         if self.unit == "volume":
             if case_ids is None:
                 fail("case_ids", "given (one per slice) when unit='volume'", None)
-            check_label_maps(pred, target, self.num_classes)  # fail at the batch, not at compute()
+            pred, target = as_tensor("pred", pred), as_tensor("target", target)
+            _, _, masks = resolve_maps(pred, target, self.num_classes)  # fail at the batch, not at compute()
+            if masks:
+                fail("pred", "integer label maps (B, H, W) when unit='volume' (slices are stacked as labels)",
+                     "float masks", TypeError)
             self._collector.add(
                 pred, target, case_ids, slice_indices, self.spacing if spacing is None else spacing
             )
             return
         if case_ids is not None or slice_indices is not None:
             fail("case_ids", "None when unit='image' (use unit='volume' to stack slices)", "case ids")
-        check_type("pred", pred, Tensor)
+        pred, target = as_tensor("pred", pred), as_tensor("target", target)
         positions = range(self._image_count, self._image_count + pred.shape[0])
         # Under DDP the ids say which rank saw the image, so that they stay unique after a sync.
         ids: list[Hashable] = [(dist.get_rank(), i) for i in positions] if _distributed() else list(positions)

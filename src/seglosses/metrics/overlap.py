@@ -20,8 +20,18 @@ images per class; ``"macro"`` the mean over images then over classes (the papers
 stacked volumes as the images for per-volume scores); ``"micro"`` counts pooled over the images
 (the accumulated confusion matrix of Cityscapes mIoU), one score per class, then the mean over
 classes. NaN scores are skipped by every mean; a mean over nothing is NaN, never 0.
-C' = C - 1 (classes 1..C-1) unless ``include_background=True``; the default leaves the background
-out because the papers average foreground classes.
+C' = C - 1 (classes 1..C-1) unless ``include_background=True``.
+
+Background: one rule for losses and metrics. A loss trains every output channel, so the losses
+include the background by default (as MONAI's ``DiceLoss``); a metric reports the structures, so
+the metrics leave it out by default (the papers' foreground means; the background's Dice, near 1,
+would inflate them). MONAI's ``DiceMetric`` includes it by default: pass
+``include_background=True`` for its numbers.
+
+Inputs: integer label maps (B, *S), or (B, C, *S) float 0/1 masks, one-hot or overlapping
+multilabel regions (BraTS WT/TC/ET), each channel counted as its own binary mask (pass
+``include_background=True`` when channel 0 is a region, not the background; the accuracies assume
+one label per pixel); tensors or NumPy arrays.
 """
 
 from __future__ import annotations
@@ -37,9 +47,9 @@ from seglosses._checks import check_one_of
 from seglosses.metrics._inputs import (
     check_average,
     check_empty,
-    check_label_maps,
     check_zero_division,
     evaluated_classes,
+    resolve_maps,
 )
 from seglosses.metrics._reduce import nanmean, reduce_scores
 
@@ -120,9 +130,13 @@ def confusion_counts(pred: Tensor, target: Tensor, num_classes: int) -> Confusio
         TP_{bc} = M_{b,c,c},\ FP_{bc} = \textstyle\sum_{i \ne c} M_{b,i,c},\
         FN_{bc} = \textstyle\sum_{j \ne c} M_{b,c,j}
 
+    With (B, C, *S) masks (float one-hot or overlapping multilabel regions), every channel is
+    counted as its own binary mask: :math:`TP_{bc} = \#\{n : \hat y_{bcn} = y_{bcn} = 1\}` and so on.
+
     Args:
-        pred: (B, *S) integer predicted labels, S = (H, W) or (D, H, W).
-        target: (B, *S) integer target labels.
+        pred: (B, *S) integer predicted labels, S = (H, W) or (D, H, W); or (B, C, *S) float 0/1
+            masks; a tensor or a NumPy array.
+        target: (B, *S) integer target labels, or (B, C, *S) float 0/1 masks.
         num_classes: number of classes C (background included), >= 2.
 
     Returns:
@@ -135,8 +149,14 @@ def confusion_counts(pred: Tensor, target: Tensor, num_classes: int) -> Confusio
         >>> counts.tp, counts.fp, counts.fn
         (tensor([[2, 2]]), tensor([[1, 1]]), tensor([[1, 1]]))
     """
-    check_label_maps(pred, target, num_classes)
+    pred, target, masks = resolve_maps(pred, target, num_classes)
     batch_size = pred.shape[0]
+    if masks:
+        pred, target = pred.flatten(2), target.flatten(2)
+        tp = (pred & target).sum(dim=2)
+        fp = pred.sum(dim=2) - tp
+        fn = target.sum(dim=2) - tp
+        return ConfusionCounts(tp=tp, fp=fp, fn=fn, tn=pred.shape[2] - tp - fp - fn)
     # One bincount over (image, target class, predicted class) gives every confusion matrix.
     image_offset = torch.arange(batch_size, device=pred.device).view(-1, 1) * (num_classes * num_classes)
     index = (
@@ -243,10 +263,12 @@ def dice_score(
     Ecology 26(3), 1945. Empty masks and averaging: see the module docstring (SPEC E).
 
     Args:
-        pred: (B, *S) integer predicted labels, S = (H, W) or (D, H, W).
-        target: (B, *S) integer target labels.
+        pred: (B, *S) integer predicted labels, S = (H, W) or (D, H, W), or (B, C, *S) float 0/1
+            masks (one-hot or multilabel; module docstring); a tensor or a NumPy array.
+        target: (B, *S) integer target labels, or (B, C, *S) float 0/1 masks.
         num_classes: number of classes C, background (label 0) included.
-        include_background: also score class 0 (default False: classes 1..C-1).
+        include_background: also score class 0 (default False: classes 1..C-1; see "Background"
+            in the module docstring).
         average: "none" -> (B, C'), "class" -> (C',), "macro" or "micro" -> scalar.
         empty: "strict" (both empty -> 1, one empty -> 0) or "transunet_compat".
 
@@ -282,8 +304,9 @@ def iou_score(
     11(2), 1912. ``average="micro"`` gives the Cityscapes mIoU of the accumulated confusion matrix.
 
     Args:
-        pred: (B, *S) integer predicted labels, S = (H, W) or (D, H, W).
-        target: (B, *S) integer target labels.
+        pred: (B, *S) integer predicted labels, S = (H, W) or (D, H, W), or (B, C, *S) float 0/1
+            masks (one-hot or multilabel; module docstring); a tensor or a NumPy array.
+        target: (B, *S) integer target labels, or (B, C, *S) float 0/1 masks.
         num_classes: number of classes C, background (label 0) included.
         include_background: also score class 0 (default False).
         average: "none" -> (B, C'), "class" -> (C',), "macro" or "micro" -> scalar.
@@ -320,8 +343,9 @@ def precision(
     target too (``empty="strict"``), else ``zero_division`` (NaN: excluded from means, counted).
 
     Args:
-        pred: (B, *S) integer predicted labels, S = (H, W) or (D, H, W).
-        target: (B, *S) integer target labels.
+        pred: (B, *S) integer predicted labels, S = (H, W) or (D, H, W), or (B, C, *S) float 0/1
+            masks (one-hot or multilabel; module docstring); a tensor or a NumPy array.
+        target: (B, *S) integer target labels, or (B, C, *S) float 0/1 masks.
         num_classes: number of classes C, background (label 0) included.
         include_background: also score class 0 (default False).
         average: "none" -> (B, C'), "class" -> (C',), "macro" or "micro" -> scalar.
@@ -370,8 +394,9 @@ def recall(
     prediction too (``empty="strict"``), else ``zero_division`` (NaN: excluded from means).
 
     Args:
-        pred: (B, *S) integer predicted labels, S = (H, W) or (D, H, W).
-        target: (B, *S) integer target labels.
+        pred: (B, *S) integer predicted labels, S = (H, W) or (D, H, W), or (B, C, *S) float 0/1
+            masks (one-hot or multilabel; module docstring); a tensor or a NumPy array.
+        target: (B, *S) integer target labels, or (B, C, *S) float 0/1 masks.
         num_classes: number of classes C, background (label 0) included.
         include_background: also score class 0 (default False).
         average: "none" -> (B, C'), "class" -> (C',), "macro" or "micro" -> scalar.
@@ -425,8 +450,9 @@ def accuracy(
     chooses them), skipping undefined recalls. Empty-mask rules are those of :func:`recall`.
 
     Args:
-        pred: (B, *S) integer predicted labels, S = (H, W) or (D, H, W).
-        target: (B, *S) integer target labels.
+        pred: (B, *S) integer predicted labels, S = (H, W) or (D, H, W), or (B, C, *S) float 0/1
+            masks (one-hot or multilabel; module docstring); a tensor or a NumPy array.
+        target: (B, *S) integer target labels, or (B, C, *S) float 0/1 masks.
         num_classes: number of classes C, background (label 0) included.
         kind: "pixel", "foreground" or "mean_class".
         include_background: with ``kind="mean_class"``, also average class 0.

@@ -27,7 +27,15 @@ distances NaN (undefined: excluded from every mean and counted by the accumulato
 diagonal :math:`\sqrt{\sum_i (n_i s_i)^2}` with ``empty_hd="diag"``; NSD 0.
 ``empty="transunet_compat"``: prediction empty -> distances 0, NSD 0; target empty and prediction
 not -> distances 0, NSD 1 (the published code returns HD95 = 0 in both cases).
-Averaging: ``"none"`` (B, C'), ``"class"`` (C',), ``"macro"`` (images then classes); NaN skipped.
+Averaging: ``"none"`` (B, C'), ``"class"`` (C',), ``"macro"`` (images then classes). A missed or
+hallucinated structure (exactly one empty mask, NaN under ``empty="strict"``) makes the functional
+average NaN, so that it cannot hide: a function has no room to return the count beside the mean.
+:class:`~seglosses.metrics.SegmentationMetrics` follows SPEC E instead: it excludes those units
+from the mean and reports their number as ``m/undefined``. For the excluding mean of a function,
+take ``average="none"`` and ``torch.nanmean``; for a finite penalty, ``empty_hd="diag"``.
+
+Inputs are integer label maps (B, *S) or (B, C, *S) float 0/1 masks (one-hot or overlapping
+multilabel regions, each channel its own structure), tensors or NumPy arrays.
 """
 
 from __future__ import annotations
@@ -50,13 +58,13 @@ from seglosses.metrics._inputs import (
     check_average,
     check_empty,
     check_empty_distance,
-    check_label_maps,
     check_percentile,
+    device_of,
     evaluated_classes,
+    resolve_maps,
     resolve_spacing,
     resolve_tolerance,
 )
-from seglosses.metrics._reduce import reduce_scores
 
 SURFACE_AVERAGES: tuple[str, ...] = ("none", "class", "macro")
 SURFACE_KINDS: tuple[str, ...] = ("hausdorff", "assd", "nsd")
@@ -194,7 +202,7 @@ def surface_values(
         >>> raw.values["hd"]
         tensor([[1.4142]], dtype=torch.float64)
     """
-    check_label_maps(pred, target, num_classes)
+    pred, target, masks = resolve_maps(pred, target, num_classes)
     check_type("metrics", metrics, dict)
     for name, metric in metrics.items():
         check_type(f"metrics[{name!r}]", metric, SurfaceMetric)
@@ -203,7 +211,7 @@ def surface_values(
                 f"metrics[{name!r}].tolerance", f"{num_classes} values (one per class)", len(metric.tolerance)
             )
     classes = evaluated_classes(num_classes, include_background)
-    batch_size, spatial = pred.shape[0], tuple(pred.shape[1:])
+    batch_size, spatial = pred.shape[0], tuple(pred.shape[2:] if masks else pred.shape[1:])
     spacings = resolve_spacing(spacing, batch_size, len(spatial))
     on_gpu = _uses_torch_kernel(pred.device)
     labels = (pred, target) if on_gpu else (pred.detach().cpu().numpy(), target.detach().cpu().numpy())
@@ -212,7 +220,10 @@ def surface_values(
 
     def evaluate(pair: tuple[int, int], kd_workers: int) -> tuple[bool, bool, list[float]]:
         b, c = pair
-        pred_mask, target_mask = labels[0][b] == c, labels[1][b] == c
+        if masks:
+            pred_mask, target_mask = labels[0][b, c], labels[1][b, c]
+        else:
+            pred_mask, target_mask = labels[0][b] == c, labels[1][b] == c
         pred_empty, target_empty = not bool(pred_mask.any()), not bool(target_mask.any())
         if pred_empty or target_empty:
             return pred_empty, target_empty, [math.nan] * len(metrics)
@@ -303,6 +314,14 @@ def apply_empty_rules(
     return torch.where(one, math.nan, filled)
 
 
+def _average_keeping_misses(per_unit: Tensor, average: str) -> Tensor:
+    """Plain means: an undefined (NaN) entry makes its class's mean, and the macro mean, NaN."""
+    if average == "none":
+        return per_unit
+    per_class = per_unit.mean(dim=0)
+    return per_class if average == "class" else per_class.mean()
+
+
 def _surface_metric(
     pred: Tensor,
     target: Tensor,
@@ -329,7 +348,7 @@ def _surface_metric(
         empty_hd=empty_hd,
         diagonal=raw.diagonal,
     )
-    return reduce_scores(per_unit, average).to(pred.device)
+    return _average_keeping_misses(per_unit, average).to(device_of(pred))
 
 
 def hausdorff_distance(
@@ -356,14 +375,16 @@ def hausdorff_distance(
     TPAMI 15(9), 1993. Surfaces, percentile modes and empty masks: see the module docstring.
 
     Args:
-        pred: (B, *S) integer predicted labels, S = (H, W) or (D, H, W); CUDA tensors use the GPU.
-        target: (B, *S) integer target labels.
+        pred: (B, *S) integer predicted labels, S = (H, W) or (D, H, W), or (B, C, *S) float 0/1
+            masks; CUDA tensors use the GPU.
+        target: (B, *S) integer target labels, or (B, C, *S) float 0/1 masks.
         num_classes: number of classes C, background (label 0) included.
         percentile: None for the maximum, else q in [0, 100] (95 for HD95).
         hd95_mode: how the two directed sets make a percentile: "pooled" (medpy) or "max" (MONAI).
         spacing: None (voxel units), a number, one value per spatial axis, or a (B, len(S)) table.
         include_background: also score class 0 (default False).
-        average: "none" -> (B, C'), "class" -> (C',), "macro" -> scalar.
+        average: "none" -> (B, C'), "class" -> (C',), "macro" -> scalar; an undefined entry
+            (exactly one empty mask under "strict") makes its mean NaN (module docstring).
         empty: "strict" or "transunet_compat".
         empty_hd: with "strict", exactly one empty mask gives "nan" (default) or the image "diag".
 
@@ -406,13 +427,15 @@ def hd95(
     arXiv:2102.04306, 2021); SPEC E. Same arguments as :func:`hausdorff_distance` with q = 95.
 
     Args:
-        pred: (B, *S) integer predicted labels, S = (H, W) or (D, H, W); CUDA tensors use the GPU.
-        target: (B, *S) integer target labels.
+        pred: (B, *S) integer predicted labels, S = (H, W) or (D, H, W), or (B, C, *S) float 0/1
+            masks; CUDA tensors use the GPU.
+        target: (B, *S) integer target labels, or (B, C, *S) float 0/1 masks.
         num_classes: number of classes C, background (label 0) included.
         hd95_mode: "pooled" (medpy, default) or "max" (MONAI ``HausdorffDistanceMetric(percentile=95)``).
         spacing: None (voxel units), a number, one value per spatial axis, or a (B, len(S)) table.
         include_background: also score class 0 (default False).
-        average: "none" -> (B, C'), "class" -> (C',), "macro" -> scalar.
+        average: "none" -> (B, C'), "class" -> (C',), "macro" -> scalar; an undefined entry
+            (exactly one empty mask under "strict") makes its mean NaN (module docstring).
         empty: "strict" (one empty mask -> NaN, both -> 0) or "transunet_compat" (-> 0).
         empty_hd: with "strict", exactly one empty mask gives "nan" (default) or the image "diag".
 
@@ -428,7 +451,9 @@ def hd95(
         >>> hd95(pred, target, num_classes=2, hd95_mode="max")
         tensor([[2.5026],
                 [   nan]], dtype=torch.float64)
-        >>> hd95(pred, target, num_classes=2, average="macro")
+        >>> hd95(pred, target, num_classes=2, average="macro")  # image 1's undefined HD95 is not hidden
+        tensor(nan, dtype=torch.float64)
+        >>> torch.nanmean(hd95(pred, target, num_classes=2))  # the mean over the defined images
         tensor(2.3842, dtype=torch.float64)
     """
     return hausdorff_distance(
@@ -469,13 +494,15 @@ def assd(
     medpy <= 0.4 ``assd`` is the mean of the two directed averages (``assd_mode="mean"``).
 
     Args:
-        pred: (B, *S) integer predicted labels, S = (H, W) or (D, H, W); CUDA tensors use the GPU.
-        target: (B, *S) integer target labels.
+        pred: (B, *S) integer predicted labels, S = (H, W) or (D, H, W), or (B, C, *S) float 0/1
+            masks; CUDA tensors use the GPU.
+        target: (B, *S) integer target labels, or (B, C, *S) float 0/1 masks.
         num_classes: number of classes C, background (label 0) included.
         assd_mode: "pooled" (default; MONAI, medpy >= 0.5) or "mean" (medpy <= 0.4).
         spacing: None (voxel units), a number, one value per spatial axis, or a (B, len(S)) table.
         include_background: also score class 0 (default False).
-        average: "none" -> (B, C'), "class" -> (C',), "macro" -> scalar.
+        average: "none" -> (B, C'), "class" -> (C',), "macro" -> scalar; an undefined entry
+            (exactly one empty mask under "strict") makes its mean NaN (module docstring).
         empty: "strict" or "transunet_compat".
         empty_hd: with "strict", exactly one empty mask gives "nan" (default) or the image "diag".
 
@@ -518,13 +545,15 @@ def surface_dice(
     ``compute_surface_dice(use_subvoxels=False)``), not as the paper's surface elements.
 
     Args:
-        pred: (B, *S) integer predicted labels, S = (H, W) or (D, H, W); CUDA tensors use the GPU.
-        target: (B, *S) integer target labels.
+        pred: (B, *S) integer predicted labels, S = (H, W) or (D, H, W), or (B, C, *S) float 0/1
+            masks; CUDA tensors use the GPU.
+        target: (B, *S) integer target labels, or (B, C, *S) float 0/1 masks.
         num_classes: number of classes C, background (label 0) included.
         tolerance: tau in spacing units: one number, or one per class (length C, index = class id).
         spacing: None (voxel units), a number, one value per spatial axis, or a (B, len(S)) table.
         include_background: also score class 0 (default False).
-        average: "none" -> (B, C'), "class" -> (C',), "macro" -> scalar.
+        average: "none" -> (B, C'), "class" -> (C',), "macro" -> scalar; an undefined entry
+            (exactly one empty mask under "strict") makes its mean NaN (module docstring).
         empty: "strict" (both empty -> 1, one empty -> 0) or "transunet_compat".
 
     Returns:
