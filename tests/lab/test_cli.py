@@ -182,6 +182,7 @@ def test_demo_in_a_reduced_setting(tmp_path, capsys):
     assert f"report: {out / 'report.md'}" in printed
     report = (out / "report.md").read_text()
     assert all(f"`{name}`" in report for name in DEMO_CONFIGURATIONS)
+    assert re.search(r"`paper_best`: precision (\d\.\d{3}|nan) \(chance 0\.\d{3}\), recall", report), report
     assert (out / "plots" / "compare.png").read_bytes()[:8] == PNG
     for name in DEMO_CONFIGURATIONS:
         run = out / name / "moderate" / "seed_0"

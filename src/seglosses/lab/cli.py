@@ -27,7 +27,7 @@ change this line when it does."""
 
 DEMO_CONFIGURATIONS = {
     "erm_dice_ce": ["envelope=none"],
-    "recommended": [f"envelope.preset={DEMO_RECOMMENDED_PRESET}"],
+    f"recommended_{DEMO_RECOMMENDED_PRESET}": [f"envelope.preset={DEMO_RECOMMENDED_PRESET}"],
     "paper_best": ["envelope.preset=paper_best"],
 }
 """The demo's three configurations: plain training, the recommended envelope and the paper's literal preset."""
@@ -228,6 +228,24 @@ def demo_grid(out_dir: str | Path, smoke: bool = False, overrides: Sequence[str]
                     overrides=[*(DEMO_SMOKE if smoke else []), *overrides])
 
 
+def _append_audits(report: Path, audits: Sequence[tuple[Any, Any]]) -> None:
+    """Add each envelope run's annotation audit (hit rates and sheet) to the demo's report."""
+    lines = ["## Annotation audit", "",
+             "Which annotated training pixels each envelope run excluded at the end of training, against the pixels "
+             "the simulated noise changed (`seglosses audit RUN`).", ""]
+    for cell, result in audits:
+        rates = result.hit_rates
+        sheet = os.path.relpath(result.sheet, report.parent)
+        if rates is not None:
+            lines.append(f"- `{cell.configuration}`: precision {rates.precision:.3f} (chance "
+                         f"{rates.chance_precision:.3f}), recall {rates.recall:.3f} over {rates.excluded} excluded "
+                         f"pixels: [sheet]({sheet})")
+        else:
+            lines.append(f"- `{cell.configuration}`: [sheet]({sheet})")
+    with open(report, "a") as handle:
+        handle.write("\n" + "\n".join(lines) + "\n")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import torch
 
@@ -240,10 +258,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"seglosses demo: {len(spec.configurations)} models on the packaged HC18 subset (CC BY 4.0) under "
           f"'{spec.noise[0]}' simulated annotation noise, on {torch.get_num_threads()} CPU threads; writing to {out}")
     cells = run_grid(spec, _train_and_report, log=print)
-    for cell in grid_cells(spec):
-        if cell.config.envelope is not None:
-            audit_run(cell.run_dir)
+    audits = [(cell, audit_run(cell.run_dir)) for cell in grid_cells(spec) if cell.config.envelope is not None]
     summary = summarise_grid(spec, cells)
+    _append_audits(summary["report"], audits)
     print()
     rows = [[row["config"], f"{row['dice_mean']:.3f}", f"{row['hd95_mean']:.2f}", f"{row['time_mean']:.0f}",
              "" if row["config"] == spec.baseline else f"{row['dice_difference']:+.3f} (p {row['p_value']:.2g})"]
@@ -349,7 +366,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"seglosses {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"seglosses {args.command}: interrupted", file=sys.stderr)
+        again = " (finished runs are kept: the same command resumes)" if args.command in ("compare", "demo") else ""
+        print(f"seglosses {args.command}: interrupted{again}", file=sys.stderr)
         return 130
 
 

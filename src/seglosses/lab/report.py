@@ -545,8 +545,8 @@ def plot_compare(summary: list[dict[str, Any]], path: str | Path, unit: str = "m
             axis.bar_label(bars, fmt="%.3f" if metric == "dice" else "%.2f", padding=3, fontsize=9)
             axis.set_xticks(np.arange(len(configs)), configs, rotation=15)
             axis.set(title=f"Test {name}, '{levels[0]}' noise on the training masks", ylabel=label)
-            if metric == "dice":
-                axis.set_ylim(0, 1.05)
+            top = np.nanmax(np.add(means, stds)) if np.isfinite(means).any() else 1.0
+            axis.set_ylim(0, 1.05 if metric == "dice" else 1.15 * top)
         else:
             positions = np.arange(len(levels))
             spread = 0.06 * (np.arange(len(configs)) - (len(configs) - 1) / 2)
