@@ -7,7 +7,7 @@
    N = 10^6 images, batches of 8 and 64.
 
 Writes benchmarks/results/envelope_<device>.json and .md. Usage:
-    python benchmarks/envelope.py [--repeats 41] [--threads 1] [--device cpu]
+    python benchmarks/envelope.py [--repeats 21] [--threads 1] [--device cpu]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ BASES = {
     "cross_entropy": CrossEntropyLoss,
     "0.3*cross_entropy + 0.7*dice": lambda: 0.3 * CrossEntropyLoss() + 0.7 * DiceLoss(),
 }
-PRESETS = ("erm", "paper_best", "atk_sm_tk")
+PRESETS = ("erm", "bsigma_class", "paper_best", "atk_sm_tk")
 LEDGER_SIZE = 1000
 
 
@@ -82,7 +82,7 @@ def overhead_rows(device: torch.device, repeats: int) -> list[dict]:
             rows.append({"base": base_name, "preset": preset, "base_ms": base_ms, "pixel_mean_ms": pixel_ms,
                          "envelope_ms": envelope_ms, "overhead_percent": 100 * (envelope_ms / base_ms - 1),
                          "overhead_over_pixel_mean_percent": 100 * (envelope_ms / pixel_ms - 1)})
-            print(f"{base_name:30s} {preset:11s} base {base_ms:7.2f} ms per-pixel mean {pixel_ms:7.2f} ms "
+            print(f"{base_name:30s} {preset:12s} base {base_ms:7.2f} ms per-pixel mean {pixel_ms:7.2f} ms "
                   f"envelope {envelope_ms:7.2f} ms overhead {rows[-1]['overhead_percent']:+.1f}% "
                   f"({rows[-1]['overhead_over_pixel_mean_percent']:+.1f}% over the per-pixel mean)", flush=True)
     return rows
@@ -110,7 +110,7 @@ def ranking_rows(device: torch.device, repeats: int) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=41)
+    parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:

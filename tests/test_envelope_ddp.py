@@ -8,6 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+import seglosses
 from seglosses.envelope import TopKBottomSigma
 from seglosses.pixel import CrossEntropyLoss
 from seglosses.region import DiceLoss
@@ -63,6 +64,33 @@ def _run(model, criterion, shard):
     return trace
 
 
+def _count_reads(call) -> int:
+    """How many tensor values ``call()`` reads back to the host, with value checks off (as on an accelerator)."""
+    names = ("__bool__", "__int__", "__float__", "__index__", "item", "tolist", "nonzero", "unique")
+    originals = {name: getattr(torch.Tensor, name) for name in names}
+    free = TopKBottomSigma._reads_are_free
+    count = [0]
+
+    def counted(original):
+        def wrapper(*args, **kwargs):
+            count[0] += 1
+            return original(*args, **kwargs)
+
+        return wrapper
+
+    try:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, counted(original))
+        TopKBottomSigma._reads_are_free = lambda self: False
+        with seglosses.value_checks(False):
+            call()
+    finally:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, original)
+        TopKBottomSigma._reads_are_free = free
+    return count[0]
+
+
 def _worker(rank, init_file, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
@@ -73,11 +101,20 @@ def _worker(rank, init_file, out_dir):
         result = {"trace": trace, "ledger": criterion.ledger.clone(), "scale": criterion.ledger_scale.clone(),
                   "params": [p.detach().clone() for p in model.parameters()]}
 
-        # Duplicates in the global batch (DistributedSampler padding) are averaged.
+        # Repeated indices in the global batch (DistributedSampler padding, samplers with replacement): the
+        # last occurrence in rank order wins, as in one process (test_envelope.py).
         duplicates = TopKBottomSigma("cross_entropy", 3, image_strategy="erm", smoothing="none")
         local = torch.tensor([1.0, 2.0]) if rank == 0 else torch.tensor([4.0, 3.0])
         duplicates.aggregate(local, torch.tensor([0, 1]) if rank == 0 else torch.tensor([1, 2]), epoch=1)
         result["duplicates"] = duplicates.ledger.clone()
+        # ... and each occurrence is weighted by its index's rank (a hard top-1 box over the ledger [1, 4, 3]).
+        top = TopKBottomSigma("cross_entropy", 3, image_strategy="atk", smoothing="none", top_fraction=0.34,
+                              first_selective_epoch=1, batch_norm="batch_mean")
+        top.ledger.copy_(torch.tensor([1.0, 4.0, 3.0], dtype=torch.float64))
+        top.aggregate(torch.tensor([2.0, 5.0]) if rank == 0 else torch.tensor([6.0, 3.0]),
+                      torch.tensor([0, 1]) if rank == 0 else torch.tensor([1, 2]), epoch=1)
+        result["top_weights"] = top.diagnostics.weights.clone()
+        result["top_ledger"] = top.ledger.clone()
         # Without indices an "erm" envelope still normalises by the global batch size (uneven shards).
         result["erm"] = duplicates.aggregate(torch.tensor([1.0, 2.0, 6.0]) if rank == 0 else torch.tensor([4.0]))
 
@@ -87,6 +124,15 @@ def _worker(rank, init_file, out_dir):
             resumed.ledger.copy_(torch.tensor([0.5, 0.25, 1.0, 2.0], dtype=torch.float64))
         resumed.aggregate(torch.tensor([3.0]), torch.tensor([rank]), epoch=2)
         result["resumed"] = resumed.ledger.clone()
+
+        # Host reads (syncs on an accelerator) of a training call after warm-up, value checks off: exactly one,
+        # the largest local batch size that sizes the padded all_gather (docs/envelope.md, "Cost").
+        synced = TopKBottomSigma("cross_entropy", 4, image_strategy="atk", top_fraction=0.5, rank_method="count",
+                                 checksum_every=0)
+        synced.aggregate(torch.tensor([1.0, 2.0]), torch.tensor([2 * rank, 2 * rank + 1]), epoch=1)
+        synced.selection(2)  # the soft count K is computed on the host once per box (CPU tensors, no device)
+        result["reads"] = _count_reads(lambda: synced.aggregate(torch.tensor([3.0, 1.0, 1.0]),
+                                                                torch.tensor([rank, 2, 2]), epoch=2))
 
         # Diverged replicas are caught by the checksum.
         if rank == 1:
@@ -128,7 +174,10 @@ def test_two_processes_match_one_process_on_the_same_global_batches(tmp_path):
         torch.testing.assert_close(got, want.detach(), rtol=1e-9, atol=1e-12)
 
     for rank_result in ranks:
-        assert rank_result["duplicates"].tolist() == [1.0, 3.0, 3.0]
+        assert rank_result["duplicates"].tolist() == [1.0, 4.0, 3.0]
+        assert rank_result["top_ledger"].tolist() == [2.0, 6.0, 3.0]
         assert rank_result["resumed"].tolist() == [3.0, 3.0, 1.0, 2.0]
         assert rank_result["caught"]
+        assert rank_result["reads"] == 1
     assert (ranks[0]["erm"] + ranks[1]["erm"]).item() / WORLD == pytest.approx((1 + 2 + 6 + 4) / 4)
+    assert ranks[0]["top_weights"].tolist() == [0.0, 1.0] and ranks[1]["top_weights"].tolist() == [1.0, 0.0]
