@@ -839,7 +839,9 @@ def _train(config: RunConfig, out_dir: Path, splits: Any, resume: bool | str | P
                 sums["images"] += count
                 if envelope is not None:
                     diagnostics = envelope.diagnostics
-                    sums["unscaled"] += diagnostics.image_losses.detach().double().sum()
+                    base_mean = getattr(diagnostics, "base_loss_mean", None)  # the base loss, no selection or weights
+                    sums["unscaled"] += (diagnostics.image_losses.detach().double().sum() if base_mean is None
+                                         else base_mean.detach().double() * count)
                     _add_diagnostics(env_sums, diagnostics)
                     records.append(torch.stack([indices.double(), diagnostics.weights.to(device).double(),
                                                 diagnostics.ranks.to(device).double(),
