@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -83,21 +82,6 @@ def schedule_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_exclusion_rates_counts_by_hand(study):
-    clean = np.zeros((2, 3, 3), dtype=np.int64)
-    noisy = clean.copy()
-    noisy[0, 0, :] = 1  # 3 changed pixels
-    excluded = np.zeros((2, 3, 3), dtype=bool)
-    excluded[0, 0, 0] = excluded[1, 2, 2] = True  # 1 hit, 1 miss
-    rates = study.exclusion_rates(excluded, noisy, clean)
-    assert (rates["hits"], rates["excluded"], rates["changed"], rates["pixels"]) == (1, 2, 3, 18)
-    assert rates["precision"] == 0.5 and rates["recall"] == pytest.approx(1 / 3)
-    assert rates["chance_precision"] == pytest.approx(3 / 18)
-    assert math.isnan(study.exclusion_rates(np.zeros(4, bool), np.zeros(4), np.zeros(4))["precision"])
-    with pytest.raises(ValueError, match="share one shape"):
-        study.exclusion_rates(np.zeros(3, bool), np.zeros(4), np.zeros(4))
-
-
 def test_schedule_refuses_unknown_keys(study, tmp_path):
     (tmp_path / "configurations.yaml").write_text(CONFIGURATIONS)
     (tmp_path / "bad.yaml").write_text("schedule: x\nconfigurations: configurations.yaml\ngroups: {main: [none]}\n"
@@ -143,7 +127,7 @@ def test_tiny_grid_runs_skips_and_aggregates(study, schedule_file, tmp_path):
     train_split = build_splits(load_config(splits_dir / "config.yaml").data).train
     changed = sum(int((s["mask"] != s["clean_mask"]).sum()) for s in train_split)
     assert exclusion["changed"] == changed > 0
-    assert exclusion["pixels"] == len(train_split) * 32 * 32
+    assert exclusion["counted"] == len(train_split) * 32 * 32
     assert 0 <= exclusion["hits"] <= min(exclusion["excluded"], exclusion["changed"])
     ledger = np.load(sorted((splits_dir / "envelope").glob("epoch_*.npz"))[-1])["ledger"]
     with open(splits_dir / "noise.csv") as handle:
@@ -170,6 +154,7 @@ def test_tiny_grid_runs_skips_and_aggregates(study, schedule_file, tmp_path):
     versus = rows[("bsigma", "severe")]["vs_erm"]
     assert versus["seeds"] == [0, 1]
     assert versus["difference"] == pytest.approx(np.mean([bsigma[s] - erm[s] for s in (0, 1)]))
+    assert versus["images"]["units"] == cell["units"] and 0 <= versus["images"]["p"] <= 1
     assert rows[("erm", "severe")]["dice"][0] == pytest.approx(np.mean(list(erm.values())))
     assert "future" in summary["not_available"]
     markdown = (results / "smoke" / "summary.md").read_text()

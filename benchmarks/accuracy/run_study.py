@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -231,35 +232,6 @@ def availability(schedule: Schedule) -> dict[str, str | None]:
 # --------------------------------------------------------------------------- what the envelope sees
 
 
-def exclusion_rates(excluded: np.ndarray, noisy: np.ndarray, clean: np.ndarray) -> dict[str, float]:
-    """Pooled counts and rates of excluded pixels hitting the pixels where ``noisy != clean``.
-
-    ``precision`` = hits / excluded, ``recall`` = hits / changed (NaN when the denominator is 0),
-    ``chance_precision`` = changed / pixels (the precision of excluding at random).
-
-    Example:
-        >>> clean = np.zeros((4, 4), dtype=np.int64); clean[1:3, 1:3] = 1
-        >>> noisy = clean.copy(); noisy[1, 1] = 0; noisy[0, 0] = 1
-        >>> excluded = np.zeros((4, 4), dtype=bool); excluded[1, 1] = excluded[3, 3] = True
-        >>> rates = exclusion_rates(excluded, noisy, clean)
-        >>> rates["precision"], rates["recall"], rates["chance_precision"]
-        (0.5, 0.5, 0.125)
-    """
-    if not (excluded.shape == noisy.shape == clean.shape):
-        raise ValueError(f"Expected `excluded`, `noisy` and `clean` to share one shape, but got "
-                         f"{excluded.shape}, {noisy.shape} and {clean.shape}.")
-    changed = noisy != clean
-    counts = {"excluded": int(excluded.sum()), "changed": int(changed.sum()),
-              "hits": int((excluded & changed).sum()), "pixels": int(excluded.size)}
-
-    def ratio(numerator: int, denominator: int) -> float:
-        return numerator / denominator if denominator else math.nan
-
-    return {**counts, "precision": ratio(counts["hits"], counts["excluded"]),
-            "recall": ratio(counts["hits"], counts["changed"]),
-            "chance_precision": ratio(counts["changed"], counts["pixels"])}
-
-
 def _keep_mask(envelope: Any, logits: torch.Tensor, masks: torch.Tensor, epoch: int) -> torch.Tensor:
     import inspect
 
@@ -279,6 +251,7 @@ def envelope_view(out_dir: Path, train_split: Any) -> dict[str, Any] | None:
     from scipy.stats import spearmanr
 
     from seglosses.lab import load_run, predict
+    from seglosses.lab.audit import exclusion_hit_rates
 
     run = load_run(out_dir, which="last")
     if run.envelope is None:
@@ -292,7 +265,8 @@ def envelope_view(out_dir: Path, train_split: Any) -> dict[str, Any] | None:
                 excluded.append((~keep).numpy())
                 noisy.append(batch["mask"].numpy())
                 clean.append(batch["clean_mask"].numpy())
-        view["exclusion"] = exclusion_rates(np.concatenate(excluded), np.concatenate(noisy), np.concatenate(clean))
+        rates = exclusion_hit_rates(np.concatenate(excluded), np.concatenate(noisy), np.concatenate(clean))
+        view["exclusion"] = dataclasses.asdict(rates)
     ledgers = sorted((out_dir / "envelope").glob("epoch_*.npz"))
     noise_rows = _read_csv(out_dir / "noise.csv")
     if ledgers and noise_rows:
@@ -322,19 +296,19 @@ def _float(text: str | None) -> float:
     return float(text) if text not in (None, "") else math.nan
 
 
-def per_unit_scores(out_dir: Path) -> dict[str, list[float]]:
-    """Per test unit (image or volume): Dice and HD95, each averaged over the foreground classes
-    (NaN HD95 of a class, e.g. an empty prediction, is left out of that unit's mean)."""
+def per_unit_scores(out_dir: Path) -> dict[str, dict[str, float]]:
+    """Per metric (dice, hd95) and test unit (image or volume, keyed by case id and index): the mean
+    over the foreground classes (a class's NaN HD95, e.g. of an empty prediction, is left out)."""
     units: dict[str, dict[str, list[float]]] = {}
     for row in _read_csv(out_dir / "per_image.csv"):
-        unit = units.setdefault(row["index"], {"dice": [], "hd95": []})
+        unit = units.setdefault(f"{row['case_id']}#{row['index']}", {"dice": [], "hd95": []})
         unit["dice"].append(_float(row["dice"]))
         unit["hd95"].append(_float(row["hd95"]))
-    scores: dict[str, list[float]] = {"dice": [], "hd95": []}
-    for unit in units.values():
+    scores: dict[str, dict[str, float]] = {"dice": {}, "hd95": {}}
+    for key, unit in units.items():
         for metric in ("dice", "hd95"):
             finite = [v for v in unit[metric] if math.isfinite(v)]
-            scores[metric].append(statistics.fmean(finite) if finite else math.nan)
+            scores[metric][key] = statistics.fmean(finite) if finite else math.nan
     return scores
 
 
@@ -380,8 +354,8 @@ def summarize_cell(schedule: Schedule, cell: Cell, out_dir: Path, train_split: A
     """Write and return ``cell.json``: the cell's test scores, noise measurement and envelope view."""
     results = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
     scores = per_unit_scores(out_dir)
-    dice_mean, dice_std, units = _mean_std(scores["dice"])
-    hd_mean, hd_std, hd_units = _mean_std(scores["hd95"])
+    dice_mean, dice_std, units = _mean_std(list(scores["dice"].values()))
+    hd_mean, hd_std, hd_units = _mean_std(list(scores["hd95"].values()))
     noise = [_float(row.get("dice_noisy_clean")) for row in _read_csv(out_dir / "noise.csv")]
     summary = {
         "schedule": schedule.name, "configuration": cell.configuration, "level": cell.level, "seed": cell.seed,
@@ -562,6 +536,24 @@ def _paired(values: dict[int, float], baseline: dict[int, float]) -> dict[str, A
     return result
 
 
+def _paired_images(run_dirs: Sequence[Path], baseline_dirs: Sequence[Path]) -> dict[str, Any]:
+    """The Wilcoxon signed-rank test over test units (``seglosses.lab.compare.paired_test``), pairing
+    each unit's Dice averaged over the seeds both configurations finished."""
+    from seglosses.lab.compare import paired_test
+
+    if not run_dirs:
+        return {"p": math.nan, "difference": math.nan, "units": 0}
+
+    def seed_mean(dirs: Sequence[Path]) -> dict[str, float]:
+        per_seed = [per_unit_scores(path)["dice"] for path in dirs]
+        return {unit: float(np.nanmean([scores.get(unit, math.nan) for scores in per_seed])) for unit in per_seed[0]}
+
+    values, baseline = seed_mean(run_dirs), seed_mean(baseline_dirs)
+    units = sorted(set(values) & set(baseline))
+    p, difference, pairs = paired_test([values[u] for u in units], [baseline[u] for u in units])
+    return {"p": p, "difference": difference, "units": pairs}
+
+
 def aggregate(schedule: Schedule, *, runs_root: Path, results_dir: Path) -> dict[str, Any]:
     """Write ``summary.json``, ``summary.md`` and ``dice_vs_noise.png`` for a schedule's finished cells."""
     cells = finished_cells(schedule, runs_root)
@@ -588,8 +580,11 @@ def aggregate(schedule: Schedule, *, runs_root: Path, results_dir: Path) -> dict
                    "wall_s": _mean_std([run["wall_s"] for run in runs.values()])[0],
                    "vs_erm": None}
             if name != BASELINE:
-                erm = {seed: run["dice"] for seed, run in by_key.get((BASELINE, level), {}).items()}
-                row["vs_erm"] = _paired(dice, erm)
+                erm_runs = by_key.get((BASELINE, level), {})
+                row["vs_erm"] = _paired(dice, {seed: run["dice"] for seed, run in erm_runs.items()})
+                row["vs_erm"]["images"] = _paired_images(
+                    [cell_dir(runs_root, schedule, Cell(name, level, seed)) for seed in row["vs_erm"]["seeds"]],
+                    [cell_dir(runs_root, schedule, Cell(BASELINE, level, seed)) for seed in row["vs_erm"]["seeds"]])
             seen = [run["envelope"] for run in runs.values() if run.get("envelope")]
             if seen:
                 exclusions = [s["exclusion"] for s in seen if s.get("exclusion")]
@@ -599,8 +594,9 @@ def aggregate(schedule: Schedule, *, runs_root: Path, results_dir: Path) -> dict
                     "exclusion_recall": _mean_std([e["recall"] for e in exclusions])[0] if exclusions else None,
                     "chance_precision": _mean_std([e["chance_precision"] for e in exclusions])[0]
                     if exclusions else None,
-                    "excluded_fraction": _mean_std([e["excluded"] / e["pixels"] for e in exclusions])[0]
-                    if exclusions else None,
+                    # "pixels": the name of the count in cell.json files written before lab.audit was used
+                    "excluded_fraction": _mean_std([e["excluded"] / e.get("counted", e.get("pixels"))
+                                                    for e in exclusions])[0] if exclusions else None,
                     "ledger_spearman": _mean_std(rhos)[0] if rhos else None,
                 }
             rows.append(row)
@@ -648,6 +644,14 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}f}"
 
 
+def _gist(message: str) -> str:
+    """The "but got ..." part of a config error (the list of valid keys is long)."""
+    if " but got " not in message:
+        return message
+    got = message.split(" but got ", 1)[1]
+    return "got " + got.split(" (in ", 1)[0].split(". ", 1)[0]
+
+
 def _markdown(summary: dict[str, Any]) -> str:
     run = summary["run"]
     lines = [f"# Accuracy study: `{summary['schedule']}`", "", summary["about"], "",
@@ -659,24 +663,27 @@ def _markdown(summary: dict[str, Any]) -> str:
              "Dice and HD95: the mean over test units (images, or volumes) per run on the clean test masks, "
              "then mean +- std over seeds; 'image std' is the spread over test units (mean over seeds). "
              "'vs ERM': the mean paired difference in Dice to ERM at the same level and seed (same split "
-             "and noise), the paired t-test p-value (3+ seeds) and wins/losses over seeds. 'gap': the "
+             "and noise), the paired t-test p-value over seeds (2+ seeds) and wins/losses over seeds; 'p images': "
+             "the Wilcoxon signed-rank test over test units of the per-unit Dice averaged over seeds "
+             "(seglosses.lab.compare.paired_test). 'gap': the "
              "configuration's Dice at `none` minus at this level (paired by seed).", "",
              "## Noise: measured Dice(noisy, clean) of the training masks", "",
              "| level | noise | Dice(noisy, clean) |", "|---|---|---|"]
     lines += [f"| {level} | `{json.dumps(summary['noise_levels'].get(level))}` | {_fmt(value)} |"
               for level, value in summary["noise_dice_noisy_clean"].items()]
     lines += ["", "## Test scores", "",
-              "| configuration | level | seeds | Dice | image std | HD95 | vs ERM (Dice) | p | wins/losses | gap "
-              "| s/cell |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| configuration | level | seeds | Dice | image std | HD95 | vs ERM (Dice) | p | p images | wins/losses "
+              "| gap | s/cell |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in summary["rows"]:
         versus = row["vs_erm"]
         lines.append(
             f"| {row['configuration']} | {row['level']} | {len(row['seeds'])} | "
             f"{_fmt(row['dice'][0])} +- {_fmt(row['dice'][1])} | {_fmt(row['dice_image_std'], 3)} | "
             f"{_fmt(row['hd95'][0], 2)} +- {_fmt(row['hd95'][1], 2)} | "
-            + (f"{versus['difference']:+.4f} | {_fmt(versus['p'], 3)} | {versus['wins']}/{versus['losses']} | "
-               if versus and math.isfinite(versus["difference"]) else "- | - | - | ")
+            + (f"{versus['difference']:+.4f} | {_fmt(versus['p'], 3)} | {_fmt(versus['images']['p'], 3)} | "
+               f"{versus['wins']}/{versus['losses']} | "
+               if versus and math.isfinite(versus["difference"]) else "- | - | - | - | ")
             + f"{_fmt(row['clean_minus_noisy'])} | {_fmt(row['wall_s'], 0)} |")
     envelope_rows = [row for row in summary["rows"] if row.get("envelope")]
     if envelope_rows:
@@ -695,7 +702,8 @@ def _markdown(summary: dict[str, Any]) -> str:
                          f"{_fmt(seen['exclusion_recall'], 3)} | {_fmt(seen['ledger_spearman'], 3)} |")
     if summary["not_available"]:
         lines += ["", "## Not available in this build", ""]
-        lines += [f"- `{name}`: {why}" for name, why in summary["not_available"].items()]
+        lines += ["The config check refused these configurations (full messages in summary.json):", ""]
+        lines += [f"- `{name}`: {_gist(why)}" for name, why in summary["not_available"].items()]
     return "\n".join(lines) + "\n"
 
 
