@@ -174,3 +174,12 @@ def test_tiny_grid_runs_skips_and_aggregates(study, schedule_file, tmp_path):
     out_dir = study.cell_dir(runs, retuned, cell)
     finished, why = study.is_finished(out_dir, study.cell_config(retuned, cell, out_dir))
     assert not finished and "noise parameters" in why
+
+    # ... or a build whose envelope resolves the same preset to other options.
+    cell = study.Cell("bsigma", "none", 0)
+    out_dir = study.cell_dir(runs, retuned, cell)
+    saved = json.loads((out_dir / "cell.json").read_text())
+    saved["fingerprint"]["envelope"]["kappa"] = 2.5
+    (out_dir / "cell.json").write_text(json.dumps(saved))
+    finished, why = study.is_finished(out_dir, study.cell_config(retuned, cell, out_dir))
+    assert not finished and "resolved envelope options" in why

@@ -19,6 +19,10 @@ from seglosses._checks import value_checks_enabled
 # Losses that cannot be one graph, and why (each is a data-dependent shape or an untraceable object).
 NOT_COMPILABLE: dict[str, str] = {
     "topk_dice": "its seeded tie-breaking noise draws from a torch.Generator, an object dynamo cannot trace",
+    **{
+        name: "its distance maps come from scipy's exact transform on the host (numpy), outside any graph"
+        for name in ("boundary", "hausdorff_dt", "distance_map_ce", "region_wise")
+    },
 }
 # One loss per family for the backward trace (aot_eager): pixel, region, compound.
 BACKWARD_TRACED = ("cross_entropy", "dice", "dice_ce")

@@ -320,16 +320,19 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float, int]:
 
 
 def _fingerprint(config: Any) -> dict[str, Any]:
-    """What a finished cell must still match to be skipped: its resolved run config (less the keys
-    that change only where and how fast it runs) and its noise parameters (a lab level may be retuned)."""
-    from seglosses.lab.config import RESUMABLE_CHANGES, config_to_dict
+    """What a finished cell must still match to be skipped: its run config (less the keys that change
+    only where and how fast it runs), its noise parameters (a lab level may be retuned) and its
+    envelope's options as this build resolves them (presets and defaults may change)."""
+    from seglosses.lab.config import RESUMABLE_CHANGES, config_to_dict, envelope_config
 
     values = config_to_dict(config)
     for dotted in RESUMABLE_CHANGES:
         section, key = dotted.split(".")
         values[section].pop(key, None)
     noise = config.data.noise.parameters() if config.data.noise.enabled else "none"
-    return json.loads(json.dumps({"config": values, "noise_parameters": noise}))
+    # The envelope as the build resolves it: a preset or an option default may change between builds.
+    envelope = None if config.envelope is None else dataclasses.asdict(envelope_config(config))
+    return json.loads(json.dumps({"config": values, "noise_parameters": noise, "envelope": envelope}, default=repr))
 
 
 def is_finished(out_dir: Path, config: Any) -> tuple[bool, str]:
@@ -341,11 +344,13 @@ def is_finished(out_dir: Path, config: Any) -> tuple[bool, str]:
 
     saved = json.loads(path.read_text(encoding="utf-8")).get("fingerprint") or {}
     current = _fingerprint(config)
-    if saved == current:
+    if all(saved.get(key) == value for key, value in current.items()):  # (no "envelope" key: none)
         return True, "finished"
     differing = list(config_diff(saved.get("config", {}), current["config"])) if saved.get("config") else ["config"]
     if saved.get("noise_parameters") != current["noise_parameters"]:
         differing.append("noise parameters")
+    if saved.get("envelope") != current["envelope"]:
+        differing.append("resolved envelope options")
     return False, f"stale (made with a different {', '.join(differing) or 'fingerprint'})"
 
 

@@ -1,9 +1,10 @@
 """seglosses: validated, fast segmentation losses, the Top-k / Bottom-all-but-sigma envelope and
 metrics for medical image segmentation in PyTorch."""
 
-from seglosses import blocks, compound, distance, envelope, metrics, pixel, region
+from seglosses import blocks, boundary, compound, distance, envelope, metrics, pixel, region
 from seglosses._checks import set_value_checks, value_checks
 from seglosses.base import Loss, reduce_images
+from seglosses.boundary import *  # noqa: F403
 from seglosses.compound import *  # noqa: F403
 from seglosses.envelope import *  # noqa: F403
 from seglosses.pixel import *  # noqa: F403
@@ -30,6 +31,7 @@ __all__ = [
     "register_loss",
     "set_value_checks",
     "value_checks",
+    *boundary.__all__,
     *compound.__all__,
     *envelope.__all__,
     *pixel.__all__,

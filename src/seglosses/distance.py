@@ -39,6 +39,7 @@ from seglosses._checks import check_one_of, check_type, fail
 
 __all__ = [
     "BACKENDS",
+    "DistanceMapCache",
     "DistanceMaps",
     "boundary_distance",
     "distance_transform",
@@ -57,7 +58,7 @@ def _as_mask(mask: Any) -> Tensor:
         fail("mask", "a tensor or numpy array", type(mask).__name__, TypeError)
     if mask.is_complex():
         fail("mask", "a real or boolean tensor", f"dtype {mask.dtype}", TypeError)
-    return mask != 0
+    return mask if mask.dtype == torch.bool else mask != 0
 
 
 def _resolve_dims(mask: Tensor, spacing: Any, spatial_dims: int | None) -> tuple[int, tuple[float, ...]]:
@@ -327,3 +328,53 @@ class DistanceMaps:
         sample = dict(sample)
         sample[self.out_key] = self.maps(sample[self.key], sample.get("spacing"))
         return sample
+
+
+class DistanceMapCache:
+    """Per-image cache of maps computed from masks, keyed by the masks' content (for static targets).
+
+    A loss holding one (``cache_target_maps=True``) computes the distance maps of each training target
+    once; later steps on the same target only hash it. Augmented targets simply miss.
+
+    Args:
+        max_items: the most per-image maps kept (least recently used dropped first).
+
+    Example:
+        >>> cache = DistanceMapCache()
+        >>> masks = torch.tensor([[[0, 1, 1, 0]], [[1, 1, 0, 0]]]).bool()  # (B=2, C=1, 4)
+        >>> maps = cache.lookup(masks, "signed", lambda m: signed_distance(m, spatial_dims=1))
+        >>> maps = cache.lookup(masks.flip(0), "signed", lambda m: signed_distance(m, spatial_dims=1))
+        >>> (cache.hits, cache.misses)
+        (2, 2)
+    """
+
+    def __init__(self, max_items: int = 10_000) -> None:
+        check_type("max_items", max_items, int)
+        if max_items < 1:
+            fail("max_items", "at least 1", max_items)
+        self.max_items = max_items
+        self.hits = self.misses = 0
+        self._store: OrderedDict[tuple, Tensor] = OrderedDict()
+
+    def lookup(self, masks: Tensor, tag: str, compute) -> Tensor:
+        """Maps (B, ...) of ``masks`` (B, ...): cached per image under ``tag`` (which must name everything
+        else the maps depend on, such as the kind and the spacing), else ``compute(masks[missing])``."""
+        host = masks.detach().cpu().contiguous().numpy()
+        keys = [(tag, host.shape[1:], hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest()) for image in host]
+        missing = [index for index, key in enumerate(keys) if key not in self._store]
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            computed = compute(masks[missing])
+            for index, maps in zip(missing, computed, strict=True):
+                self._store[keys[index]] = maps
+        maps = []
+        for key in keys:
+            self._store.move_to_end(key)
+            maps.append(self._store[key])
+        while len(self._store) > self.max_items:
+            self._store.popitem(last=False)
+        return torch.stack(maps).to(masks.device)
+
+    def __repr__(self) -> str:
+        return f"DistanceMapCache(items={len(self._store)}, hits={self.hits}, misses={self.misses})"

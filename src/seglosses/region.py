@@ -49,9 +49,11 @@ from seglosses.registry import register_loss
 from seglosses.targets import Prepared, prepare
 
 __all__ = [
+    "ClDiceLoss",
     "DiceLoss",
     "FocalTverskyLoss",
     "GeneralizedDiceLoss",
+    "GeneralizedWassersteinDiceLoss",
     "JaccardLoss",
     "LogCoshDiceLoss",
     "LovaszLoss",
@@ -59,11 +61,14 @@ __all__ = [
     "SensitivitySpecificityLoss",
     "TverskyLoss",
     "class_average_weights",
+    "cldice_loss",
     "dice_loss",
     "dice_loss_per_pixel",
     "focal_tversky_loss",
     "generalized_dice_loss",
     "generalized_dice_loss_per_pixel",
+    "generalized_wasserstein_dice_loss",
+    "generalized_wasserstein_dice_loss_per_pixel",
     "jaccard_loss",
     "jaccard_loss_per_pixel",
     "log_cosh_dice_loss",
@@ -73,6 +78,7 @@ __all__ = [
     "ratio_per_pixel",
     "sensitivity_specificity_loss",
     "sensitivity_specificity_loss_per_pixel",
+    "soft_skeleton",
     "tversky_loss",
     "tversky_loss_per_pixel",
 ]
@@ -1439,3 +1445,328 @@ class MCCLoss(Loss):
             ignore_index=ignore_index,
             eps=eps,
         )
+
+
+# --------------------------------------------------------------------------- generalised Wasserstein Dice
+
+WASSERSTEIN_WEIGHTINGS: tuple[str, ...] = ("default", "gdl")
+
+
+def _cost_matrix(cost_matrix, num_classes: int, like: Tensor) -> Tensor:
+    """The (C, C) ground distance between classes: given (zero diagonal, values in [0, 1]) or 1 - I."""
+    if cost_matrix is None:
+        return 1.0 - torch.eye(num_classes, dtype=like.dtype, device=like.device)
+    if isinstance(cost_matrix, (list, tuple)):
+        try:
+            cost_matrix = torch.tensor(cost_matrix, dtype=torch.float64)
+        except (TypeError, ValueError):
+            fail("cost_matrix", "a (C, C) nested sequence of numbers", repr(cost_matrix), TypeError)
+    if not isinstance(cost_matrix, Tensor):
+        fail("cost_matrix", "None, a (C, C) tensor or a nested sequence", type(cost_matrix).__name__, TypeError)
+    if cost_matrix.shape != (num_classes, num_classes):
+        fail("cost_matrix", f"of shape ({num_classes}, {num_classes})", tuple(cost_matrix.shape))
+    matrix = cost_matrix.to(device=like.device, dtype=like.dtype)
+    if not bool(torch.isfinite(matrix).all()) or bool((matrix < 0).any()) or bool((matrix > 1).any()):
+        fail("cost_matrix", "finite with values in [0, 1]", cost_matrix.tolist())
+    if bool((matrix.diagonal() != 0).any()):
+        fail("cost_matrix", "zero on the diagonal (no cost for the right class)", cost_matrix.diagonal().tolist())
+    return matrix
+
+
+def _wasserstein_setup(logits, target, cost_matrix, weighting, mode, ignore_index, eps):
+    """Prepared inputs, eps, the per-pixel Wasserstein distances W (B, *S), the per-pixel class weights
+    alpha_y (B, *S) and the per-image denominators 2 TP + sum of errors (B,)."""
+    check_one_of("weighting", weighting, WASSERSTEIN_WEIGHTINGS)
+    if mode is not None:
+        check_one_of("mode", mode, ("multiclass",))
+    eps = check_number("eps", eps, low=0.0, low_inclusive=False)
+    prepared = prepare(logits, target, mode="multiclass", ignore_index=ignore_index)
+    matrix = _cost_matrix(cost_matrix, prepared.num_classes, prepared.logits)
+    probs, dense = prepared.probs(), prepared.target  # dense: zero at ignored pixels
+    spatial = "".join("xyz"[: len(prepared.spatial_dims)])
+    distances = torch.einsum(f"bk{spatial},kc,bc{spatial}->b{spatial}", dense, matrix, probs)
+    if weighting == "default":  # Fidon: alpha 0 for the background, 1 for every other class
+        alpha = torch.ones(prepared.num_classes, dtype=probs.dtype, device=probs.device)
+        alpha[0] = 0.0
+        alpha = alpha.view(1, -1, *([1] * len(prepared.spatial_dims)))
+    else:  # GDL-style: 1 / (volume + 1) per image and class
+        alpha = (1.0 / (spatial_sums(dense) + 1.0)).view(*dense.shape[:2], *([1] * len(prepared.spatial_dims)))
+    pixel_alpha = (dense * alpha).sum(dim=1)
+    true_positives = (pixel_alpha * (1.0 - distances)).flatten(1).sum(dim=1)
+    if weighting == "default":
+        errors = distances
+    else:  # MONAI's GDL mode: denominator sum alpha_y (2 - W) = 2 TP + sum alpha_y W
+        errors = pixel_alpha * distances
+    denominator = 2.0 * true_positives + errors.flatten(1).sum(dim=1)
+    return prepared, eps, errors, denominator
+
+
+def generalized_wasserstein_dice_loss_per_pixel(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    cost_matrix: Sequence[Sequence[float]] | Tensor | None = None,
+    weighting: str = "default",
+    mode: str | None = None,
+    ignore_index: int | None = None,
+    eps: float = 1e-5,
+) -> Tensor:
+    """Per-pixel generalised Wasserstein Dice loss, (B, *S); see :func:`generalized_wasserstein_dice_loss`.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> per_pixel = generalized_wasserstein_dice_loss_per_pixel(logits, labels)
+        >>> torch.allclose(per_pixel.mean(dim=(1, 2)),
+        ...                generalized_wasserstein_dice_loss(logits, labels, reduction="none"))
+        True
+    """
+    prepared, eps, errors, denominator = _wasserstein_setup(
+        logits, target, cost_matrix, weighting, mode, ignore_index, eps
+    )
+    scale = prepared.valid_count() / (denominator + eps)
+    return prepared.mask(errors) * scale.view(-1, *([1] * len(prepared.pixel_dims)))
+
+
+def generalized_wasserstein_dice_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    cost_matrix: Sequence[Sequence[float]] | Tensor | None = None,
+    weighting: str = "default",
+    mode: str | None = None,
+    ignore_index: int | None = None,
+    eps: float = 1e-5,
+    reduction: str = "mean",
+) -> Tensor:
+    r"""Generalised Wasserstein Dice loss: a Dice loss whose errors are weighted by a class cost matrix.
+
+    Per pixel, :math:`W_n=\sum_c M_{y_n,c}\,p_{nc}` (the optimal transport cost from the prediction to
+    the one-hot target under the ground distance :math:`M`); per image
+
+    .. math::
+        TP^M = \sum_n \alpha_{y_n}(1-W_n),\qquad
+        L_i = 1-\frac{2TP^M+\varepsilon}{2TP^M+\sum_n W_n+\varepsilon}=\frac{\sum_n W_n}{2TP^M+\sum_n W_n+\varepsilon},
+
+    with :math:`\alpha` 0 for the background and 1 otherwise (``weighting="default"``, Fidon's paper),
+    or :math:`\alpha_c = 1/(\mathrm{vol}_c+1)` applied to both terms (``"gdl"``). The second form is an
+    exact per-pixel decomposition. S3's eq. 9 uses only the diagonal of :math:`M` and is identically 0
+    (SPEC D.7). Equal to MONAI's ``GeneralizedWassersteinDiceLoss`` (both weightings).
+
+    Reference: Fidon et al., "Generalised Wasserstein Dice Score for Imbalanced Multi-class Segmentation
+    using Holistic Convolutional Networks", BrainLes 2017.
+
+    Args:
+        logits: (B, C, *S) scores (softmax).
+        target: labels (B, *S) / (B, 1, *S) or a dense (B, C, *S) target.
+        cost_matrix: (C, C) ground distance :math:`M`, zero diagonal, values in [0, 1]; None: 1 - I.
+        weighting: "default" or "gdl".
+        mode: None or "multiclass" (the only mode: the transport is between softmax classes).
+        ignore_index: label whose pixels are ignored.
+        eps: smoothing of numerator and denominator (> 0).
+        reduction: "mean" or "sum" over images, or "none" for (B,).
+
+    Returns:
+        A scalar, or (B,) for ``reduction="none"``.
+
+    Example:
+        >>> labels = torch.tensor([[[0, 1, 2, 2]]])
+        >>> cost = [[0.0, 1.0, 1.0], [1.0, 0.0, 0.5], [1.0, 0.5, 0.0]]  # classes 1 and 2 are close
+        >>> confuse_1_2 = 20.0 * torch.nn.functional.one_hot(torch.tensor([[[0, 2, 2, 2]]]), 3).movedim(-1, 1).float()
+        >>> confuse_0_1 = 20.0 * torch.nn.functional.one_hot(torch.tensor([[[1, 1, 2, 2]]]), 3).movedim(-1, 1).float()
+        >>> bool(generalized_wasserstein_dice_loss(confuse_1_2, labels, cost_matrix=cost)
+        ...      < generalized_wasserstein_dice_loss(confuse_0_1, labels, cost_matrix=cost))
+        True
+    """
+    prepared, eps, errors, denominator = _wasserstein_setup(
+        logits, target, cost_matrix, weighting, mode, ignore_index, eps
+    )
+    per_image = prepared.mask(errors).flatten(1).sum(dim=1) / (denominator + eps)
+    return reduce_images(per_image, reduction)
+
+
+@register_loss("generalized_wasserstein_dice")
+class GeneralizedWassersteinDiceLoss(Loss):
+    """Module form of :func:`generalized_wasserstein_dice_loss` (multiclass only).
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> loss = GeneralizedWassersteinDiceLoss(cost_matrix=1.0 - torch.eye(3))
+        >>> torch.allclose(loss(logits, labels), generalized_wasserstein_dice_loss(logits, labels))
+        True
+    """
+
+    modes = ("multiclass",)
+    has_per_pixel = True
+    function = staticmethod(generalized_wasserstein_dice_loss)
+    pixel_function = staticmethod(generalized_wasserstein_dice_loss_per_pixel)
+
+    def __init__(
+        self,
+        *,
+        cost_matrix: Sequence[Sequence[float]] | Tensor | None = None,
+        weighting: str = "default",
+        mode: str | None = None,
+        ignore_index: int | None = None,
+        eps: float = 1e-5,
+        reduction: str = "mean",
+    ) -> None:
+        check_one_of("weighting", weighting, WASSERSTEIN_WEIGHTINGS)
+        check_number("eps", eps, low=0.0, low_inclusive=False)
+        if cost_matrix is not None:
+            check_type("cost_matrix", cost_matrix, (Tensor, list, tuple))
+            matrix = _cost_matrix(cost_matrix, len(cost_matrix), torch.zeros(()))  # checked again against C
+            cost_matrix = matrix if isinstance(cost_matrix, Tensor) else matrix.tolist()
+        super().__init__(
+            reduction, cost_matrix=cost_matrix, weighting=weighting, mode=mode, ignore_index=ignore_index, eps=eps
+        )
+
+
+# --------------------------------------------------------------------------- clDice
+
+
+def _soft_erode(x: Tensor) -> Tensor:
+    """Min-pool along each axis separately (a cross), as in the clDice reference code."""
+    spatial_dims = x.ndim - 2
+    pool = torch.nn.functional.max_pool2d if spatial_dims == 2 else torch.nn.functional.max_pool3d
+    eroded = None
+    for axis in range(spatial_dims):
+        kernel = tuple(3 if a == axis else 1 for a in range(spatial_dims))
+        padding = tuple(1 if a == axis else 0 for a in range(spatial_dims))
+        along = -pool(-x, kernel, (1,) * spatial_dims, padding)
+        eroded = along if eroded is None else torch.minimum(eroded, along)
+    return eroded
+
+
+def _soft_dilate(x: Tensor) -> Tensor:
+    spatial_dims = x.ndim - 2
+    pool = torch.nn.functional.max_pool2d if spatial_dims == 2 else torch.nn.functional.max_pool3d
+    return pool(x, (3,) * spatial_dims, (1,) * spatial_dims, (1,) * spatial_dims)
+
+
+def soft_skeleton(x: Tensor, iterations: int = 3) -> Tensor:
+    """Soft skeleton of (B, C, H, W) or (B, C, D, H, W) maps in [0, 1] by iterated soft morphological
+    opening (Shit et al.'s ``soft_skel``); differentiable.
+
+    Example:
+        >>> bar = torch.zeros(1, 1, 5, 7)
+        >>> bar[0, 0, 1:4, 1:6] = 1.0  # a 3-pixel-thick bar: its skeleton is the middle of the middle row
+        >>> soft_skeleton(bar, iterations=2)[0, 0, 2]
+        tensor([0., 0., 1., 1., 1., 0., 0.])
+    """
+    check_type("iterations", iterations, int)
+    if iterations < 0:
+        fail("iterations", "a non-negative integer", iterations)
+    if x.ndim not in (4, 5):
+        fail("x", "of shape (B, C, H, W) or (B, C, D, H, W)", tuple(x.shape))
+    relu = torch.nn.functional.relu
+    skeleton = relu(x - _soft_dilate(_soft_erode(x)))
+    for _ in range(iterations):
+        x = _soft_erode(x)
+        delta = relu(x - _soft_dilate(_soft_erode(x)))
+        skeleton = skeleton + relu(delta - skeleton * delta)
+    return skeleton
+
+
+def cldice_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    iterations: int = 3,
+    batch: bool = False,
+    include_background: bool = False,
+    mode: str | None = None,
+    ignore_index: int | None = None,
+    smooth: float = 1.0,
+    reduction: str = "mean",
+) -> Tensor:
+    r"""Soft centerline Dice (clDice): the harmonic mean of topology precision and sensitivity.
+
+    .. math::
+        T_{prec} = \frac{\sum S_P\,t + s}{\sum S_P + s},\quad
+        T_{sens} = \frac{\sum S_T\,p + s}{\sum S_T + s},\quad
+        L = 1 - \frac{2\,T_{prec}T_{sens}}{T_{prec}+T_{sens}},
+
+    with :math:`S_P`, :math:`S_T` the soft skeletons (:func:`soft_skeleton`) of the prediction and the
+    target, sums over the scored classes and pixels of an image (``batch=True``: of the whole batch, as
+    in the reference code, and every image gets the batch loss). Combine it with a Dice loss,
+    ``0.5 * DiceLoss() + 0.5 * ClDiceLoss()``, as the paper's ``soft_dice_cldice`` does. Ignored pixels
+    are set to background before skeletonisation, so they influence nothing. 2D and 3D.
+
+    Reference: Shit et al., "clDice - a Novel Topology-Preserving Loss Function for Tubular Structure
+    Segmentation", CVPR 2021.
+
+    Args:
+        logits: (B, C, H, W) or (B, C, D, H, W) scores.
+        target: labels (B, *S) / (B, 1, *S) or a dense (B, C, *S) target.
+        iterations: skeletonisation iterations (reference: 3; about the largest radius to thin).
+        batch: pool the sums over the batch (the reference) or not (default, per image).
+        include_background: score channel 0 too in multiclass mode (default False: the reference's
+            ``[:, 1:]``); in the sigmoid modes every channel is a foreground and scored.
+        mode, ignore_index: as in :func:`dice_loss`.
+        smooth: the additive smoothing :math:`s` (> 0; reference 1).
+        reduction: "mean" or "sum" over images, or "none" for (B,).
+
+    Returns:
+        A scalar, or (B,) for ``reduction="none"``.
+
+    Example:
+        >>> labels = torch.zeros(1, 9, 9, dtype=torch.long)
+        >>> labels[0, 4, :] = 1  # a thin vessel
+        >>> broken = labels.clone()
+        >>> broken[0, 4, 3:6] = 0  # the same vessel with a gap
+        >>> def logits(labels): return 20.0 * (torch.stack([labels == 0, labels == 1], dim=1).float() - 0.5)
+        >>> bool(cldice_loss(logits(labels), labels) < 1e-6 < cldice_loss(logits(broken), labels))
+        True
+    """
+    check_type("batch", batch, bool)
+    smooth = check_number("smooth", smooth, low=0.0, low_inclusive=False)
+    prepared = prepare(logits, target, mode=mode, ignore_index=ignore_index)
+    if len(prepared.spatial_dims) not in (2, 3):
+        fail("logits", "of shape (B, C, H, W) or (B, C, D, H, W)", tuple(logits.shape))
+    check_type("include_background", include_background, bool)
+    first = 0 if include_background or prepared.mode != "multiclass" else 1
+    probs = prepared.mask(prepared.probs())[:, first:]
+    dense = prepared.target[:, first:]
+    skeleton_pred, skeleton_true = soft_skeleton(probs, iterations), soft_skeleton(dense, iterations)
+
+    def image_sums(x: Tensor) -> Tensor:
+        sums = x.flatten(1).sum(dim=1)
+        return sums.sum(dim=0, keepdim=True) if batch else sums
+
+    precision = (image_sums(skeleton_pred * dense) + smooth) / (image_sums(skeleton_pred) + smooth)
+    sensitivity = (image_sums(skeleton_true * probs) + smooth) / (image_sums(skeleton_true) + smooth)
+    per_image = 1.0 - 2.0 * precision * sensitivity / (precision + sensitivity)
+    return reduce_images(per_image.expand(logits.shape[0]).contiguous(), reduction)
+
+
+@register_loss("cldice")
+class ClDiceLoss(Loss):
+    """Module form of :func:`cldice_loss`.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> torch.allclose(ClDiceLoss()(logits, labels), cldice_loss(logits, labels))
+        True
+    """
+
+    function = staticmethod(cldice_loss)
+
+    def __init__(
+        self,
+        *,
+        iterations: int = 3,
+        batch: bool = False,
+        include_background: bool = False,
+        mode: str | None = None,
+        ignore_index: int | None = None,
+        smooth: float = 1.0,
+        reduction: str = "mean",
+    ) -> None:
+        check_type("iterations", iterations, int)
+        check_type("batch", batch, bool)
+        check_number("smooth", smooth, low=0.0, low_inclusive=False)
+        super().__init__(reduction, iterations=iterations, batch=batch, include_background=include_background,
+                         mode=mode, ignore_index=ignore_index, smooth=smooth)
