@@ -67,9 +67,11 @@ class LossConfig:
 @dataclass
 class EnvelopeSettings:
     """The Top-k / Bottom-all-but-sigma envelope: a preset of ``seglosses.ENVELOPE_PRESETS`` and
-    option overrides (``total_epochs`` defaults to ``train.epochs``)."""
+    option overrides (``total_epochs`` defaults to ``train.epochs``). The default preset is ``erm``,
+    like the envelope's own constructor default: no configuration has yet been shown to beat plain
+    training (docs/envelope.md), so an envelope section must name what it tests."""
 
-    preset: str = "paper_best"
+    preset: str = "erm"
     options: dict[str, Any] = field(default_factory=dict)
 
 
