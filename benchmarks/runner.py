@@ -6,8 +6,10 @@
    whole runs, so it includes everything an epoch does (logging, checkpoints, envelope records,
    progress) and setup and test evaluation cancel. The bare loop times its epochs directly.
    Repeats alternate the contenders. Target (issue 7): the runner adds at most 5%.
-2. Images per second of the data loader alone (decoded arrays cached, as after the first epoch)
-   against images per second of the bare model step (forward + backward + optimiser step).
+2. Images per CPU second of the data loader alone (decoded arrays cached, as after the first epoch)
+   against images per CPU second of the bare model step (forward + backward + optimiser step).
+
+Times are the process's CPU time (robust to other processes on a shared machine) and wall time.
 
 Writes benchmarks/results/runner_<device>.json and .md. Usage:
     python benchmarks/runner.py [--device cpu] [--threads 2] [--max-train 32] [--image-size 128]
@@ -34,7 +36,7 @@ import seglosses
 from seglosses.lab.config import config_from_dict
 from seglosses.lab.data import build_splits
 from seglosses.lab.models import build_model
-from seglosses.lab.train import build_criterion, lr_factor, train
+from seglosses.lab.train import build_criterion, load_checkpoint, lr_factor, save_checkpoint, train
 
 
 def run_config(args: argparse.Namespace, epochs: int, out_dir: Path, envelope: bool):
@@ -51,16 +53,22 @@ def run_config(args: argparse.Namespace, epochs: int, out_dir: Path, envelope: b
     })
 
 
-def runner_seconds(args, splits, epochs: int, envelope: bool) -> float:
+def clocks() -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process): CPU time is robust to other processes on a shared machine."""
+    return time.perf_counter(), time.process_time()
+
+
+def runner_seconds(args, splits, epochs: int, envelope: bool) -> tuple[float, float]:
+    """(wall, CPU) seconds of a whole run of ``epochs`` epochs."""
     with tempfile.TemporaryDirectory() as folder:
         synchronize(torch.device(args.device))
-        start = time.perf_counter()
+        wall, cpu = clocks()
         train(run_config(args, epochs, Path(folder) / "run", envelope), splits=splits)
         synchronize(torch.device(args.device))
-        return time.perf_counter() - start
+        return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def bare_epoch_seconds(args, splits, epochs: int, envelope: bool) -> list[float]:
+def bare_epoch_seconds(args, splits, epochs: int, envelope: bool) -> list[tuple[float, float]]:
     """The loop a user would write: the same model, loss, optimiser, schedule and shuffled batches."""
     device = torch.device(args.device)
     config = run_config(args, epochs, Path("unused"), envelope)
@@ -80,7 +88,7 @@ def bare_epoch_seconds(args, splits, epochs: int, envelope: bool) -> list[float]
     times = []
     for epoch in range(1, epochs + 1):
         synchronize(device)
-        start = time.perf_counter()
+        wall, cpu = clocks()
         model.train()
         for batch in loader:
             images, masks = batch["image"].to(device), batch["mask"].to(device)
@@ -96,18 +104,31 @@ def bare_epoch_seconds(args, splits, epochs: int, envelope: bool) -> list[float]
             scaler.update()
             scheduler.step()
         synchronize(device)
-        times.append(time.perf_counter() - start)
+        times.append((time.perf_counter() - wall, time.process_time() - cpu))
     return times
 
 
 def loader_images_per_second(args, splits) -> float:
     loader = torch.utils.data.DataLoader(splits.train, batch_size=args.batch_size, shuffle=True,
                                          num_workers=args.num_workers)
-    images, start = 0, time.perf_counter()
+    images, start = 0, time.process_time()
     for _ in range(3):
         for batch in loader:
             images += batch["image"].shape[0]
-    return images / (time.perf_counter() - start)
+    return images / (time.process_time() - start)
+
+
+def checkpoint_write_seconds(args, splits) -> float:
+    """Median time to write a run's last.pt atomically (temporary file, fsync, rename)."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "run"
+        train(run_config(args, 1, out, envelope=True), splits=splits)
+        state, times = load_checkpoint(out / "last.pt"), []
+        for _ in range(5):
+            start = time.perf_counter()
+            save_checkpoint(state, out / "last.pt")
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def main() -> None:
@@ -125,6 +146,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    # Both contenders flush denormals (the runner does so by default on the CPU, train.flush_denormal):
+    # otherwise near-zero envelope weights make the backward passes of selective epochs several times slower.
+    torch.set_flush_denormal(True)
     load_before = load_average()
     splits = build_splits(config_from_dict({"data": {
         "name": "hc18", "image_size": [args.image_size, args.image_size], "max_train": args.max_train,
@@ -140,15 +164,23 @@ def main() -> None:
             bare.extend(bare_epoch_seconds(args, splits, args.extra_epochs, envelope))
             short = runner_seconds(args, splits, args.epochs, envelope)
             long = runner_seconds(args, splits, args.epochs + args.extra_epochs, envelope)
-            runner.append((long - short) / args.extra_epochs)
-        bare_s, runner_s = statistics.median(bare), statistics.median(runner)
-        rows.append({"loss": "dice_ce" + (" in the paper_best envelope" if envelope else ""),
-                     "bare_epoch_s": bare_s, "runner_epoch_s": runner_s,
-                     "overhead_percent": 100 * (runner_s / bare_s - 1),
-                     "bare_images_per_s": train_images / bare_s, "runner_images_per_s": train_images / runner_s,
-                     "bare_epoch_samples": bare, "runner_epoch_samples": runner})
-        print(f"{rows[-1]['loss']:40s} bare {bare_s:.3f} s/epoch, runner {runner_s:.3f} s/epoch, "
-              f"overhead {rows[-1]['overhead_percent']:+.1f}%", flush=True)
+            runner.append(tuple((b - a) / args.extra_epochs for a, b in zip(short, long, strict=True)))
+        row = {"loss": "dice_ce" + (" in the paper_best envelope" if envelope else "")}
+        for position, clock in enumerate(("wall", "cpu")):
+            bare_s = statistics.median(sample[position] for sample in bare)
+            runner_s = statistics.median(sample[position] for sample in runner)
+            row.update({f"bare_epoch_{clock}_s": bare_s, f"runner_epoch_{clock}_s": runner_s,
+                        f"overhead_{clock}_percent": 100 * (runner_s / bare_s - 1)})
+        row.update({"bare_images_per_s": train_images / row["bare_epoch_cpu_s"],
+                    "runner_images_per_s": train_images / row["runner_epoch_cpu_s"],
+                    "bare_epoch_samples_wall_cpu": bare, "runner_epoch_samples_wall_cpu": runner})
+        rows.append(row)
+        print(f"{row['loss']:40s} CPU time: bare {row['bare_epoch_cpu_s']:.3f} s/epoch, runner "
+              f"{row['runner_epoch_cpu_s']:.3f} s/epoch, overhead {row['overhead_cpu_percent']:+.1f}%; wall time: "
+              f"bare {row['bare_epoch_wall_s']:.3f}, runner {row['runner_epoch_wall_s']:.3f}, overhead "
+              f"{row['overhead_wall_percent']:+.1f}%", flush=True)
+    checkpoint_s = checkpoint_write_seconds(args, splits)
+    print(f"last.pt write (model, AdamW, envelope state): {checkpoint_s:.3f} s", flush=True)
     loader_rate = statistics.median(loader_images_per_second(args, splits) for _ in range(3))
     step_rate = rows[0]["bare_images_per_s"]
     print(f"loader {loader_rate:.0f} images/s, model step {step_rate:.1f} images/s", flush=True)
@@ -167,12 +199,14 @@ def main() -> None:
         "num_workers": args.num_workers,
         "runner_epochs": [args.epochs, args.epochs + args.extra_epochs],
         "repeats": args.repeats,
-        "statistic": "median; runner per epoch = (T(E + K) - T(E)) / K of whole runs, bare loop timed per epoch",
+        "statistic": "median; runner per epoch = (T(E + K) - T(E)) / K of whole runs, bare loop timed per epoch; "
+                     "CPU time of the process (robust on a shared machine) and wall time",
         "python": platform.python_version(),
         "versions": {"seglosses": seglosses.__version__, "torch": torch.__version__},
         "seglosses_commit": git_commit(),
         "load_average_before_after": [load_before, load_average()],
         "overhead": rows,
+        "checkpoint_write_s": checkpoint_s,
         "loader_images_per_s": loader_rate,
         "model_step_images_per_s": step_rate,
     }
@@ -188,15 +222,25 @@ def main() -> None:
         f"before/after {described['load_average_before_after']}",
         "- Target: `seglosses.lab.train` adds at most 5% per epoch over a bare loop with the same model, loss,"
         " optimiser, schedule and data. Runner per epoch = (T(E + K) - T(E)) / K of whole runs"
-        f" (E = {args.epochs}, K = {args.extra_epochs}): everything an epoch does, checkpoints and logs included;"
-        " augmentation off in both, validation only after the last epoch (it cancels).",
+        f" (E = {args.epochs}, K = {args.extra_epochs}): everything an epoch does (log, envelope records);"
+        " augmentation off in both, validation only after the last epoch (it cancels). `last.pt` is written"
+        " after the last epoch and otherwise at most every `train.checkpoint_every_s` (60 s), so in these"
+        " short epochs it cancels too; its cost is measured on its own below.",
         "",
-        "| loss | bare s/epoch | runner s/epoch | overhead | bare images/s | runner images/s |",
-        "|---|---:|---:|---:|---:|---:|",
-        *(f"| {r['loss']} | {r['bare_epoch_s']:.3f} | {r['runner_epoch_s']:.3f} | {r['overhead_percent']:+.1f}% "
-          f"| {r['bare_images_per_s']:.1f} | {r['runner_images_per_s']:.1f} |" for r in rows),
+        "CPU time is this process's (one thread, loader in the process): it measures the work each contender"
+        " does and is robust to other processes on a shared machine; wall time includes waiting for them.",
         "",
-        f"Data loader alone (cached arrays, batch {args.batch_size}, {args.num_workers} workers): "
+        "| loss | bare CPU s/epoch | runner CPU s/epoch | overhead (CPU) | bare wall s/epoch | runner wall s/epoch "
+        "| overhead (wall) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        *(f"| {r['loss']} | {r['bare_epoch_cpu_s']:.3f} | {r['runner_epoch_cpu_s']:.3f} | "
+          f"{r['overhead_cpu_percent']:+.1f}% | {r['bare_epoch_wall_s']:.3f} | {r['runner_epoch_wall_s']:.3f} | "
+          f"{r['overhead_wall_percent']:+.1f}% |" for r in rows),
+        "",
+        f"Writing `last.pt` (model, AdamW and envelope state, temporary file + fsync + rename): {checkpoint_s:.3f} s;"
+        " with `train.checkpoint_every_s: 0` (every epoch) add this to every epoch.",
+        "",
+        f"Data loader alone (cached arrays, batch {args.batch_size}, {args.num_workers} workers; per CPU second): "
         f"{loader_rate:.0f} images/s; model step (forward + backward + AdamW): {step_rate:.1f} images/s, "
         f"so the loader is {loader_rate / step_rate:.0f}x faster than the model consumes.",
         "",

@@ -307,9 +307,9 @@ def test_modes_a_loss_does_not_support_are_refused_at_construction():
 
 
 def _documented_modules():
-    from seglosses import DeepSupervision, list_losses, loss_class
+    from seglosses import DeepSupervision, TopKBottomSigma, list_losses, loss_class
 
-    return [loss_class(name) for name in list_losses()] + [Weighted, DeepSupervision]
+    return [loss_class(name) for name in list_losses()] + [Weighted, DeepSupervision, TopKBottomSigma]
 
 
 @pytest.mark.parametrize("cls", _documented_modules(), ids=lambda cls: cls.__name__)

@@ -1022,6 +1022,9 @@ class TopKBottomSigma(nn.Module):
         loss_options: dict[str, Any] | None = None,
         **options: Any,
     ) -> None:
+        """Wrap ``base_loss`` (a module with a per-pixel form, or a registered name built with
+        ``loss_options``) for a training set of ``num_images`` images, configured by ``config`` or
+        by :class:`EnvelopeConfig` keyword options (every option: the class docstring)."""
         super().__init__()
         check_type("base_loss", base_loss, (Loss, str))
         if isinstance(base_loss, str):
@@ -1362,6 +1365,9 @@ class TopKBottomSigma(nn.Module):
         epoch: float | None = None,
         step: int | None = None,
     ) -> Tensor:
+        """The batch loss: ``logits`` (B, C, *S) or a list of heads, ``target`` for every head or a
+        list, ``indices`` (B,) dataset indices in [0, num_images), ``epoch`` >= 1 (1-based). Returns a
+        scalar; :attr:`diagnostics` then describes the batch (see the class docstring, "Call")."""
         heads = self._heads(logits, target)
         records = self._records()
         effective = self._resolve_epoch(epoch, step, required=records)

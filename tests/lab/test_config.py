@@ -79,7 +79,7 @@ def test_overrides_are_parsed_by_the_type_of_their_key():
     assert config.train.out_dir == "123"  # a string field keeps the text
     assert config.data.max_train is None and config.data.image_size == (32, 48)
     assert config.loss.options == {"class_weights": [1, 2.5]}
-    assert config.envelope.preset == "paper_best" and config.envelope.options == {"kappa": 1.5}
+    assert config.envelope.preset == "erm" and config.envelope.options == {"kappa": 1.5}
     assert config.train.augment.rotation_degrees == 15.0
     assert apply_overrides(config, ["envelope=none"]).envelope is None
 

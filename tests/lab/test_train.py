@@ -10,6 +10,7 @@ import importlib
 import importlib.util
 import json
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,8 +92,9 @@ def test_a_run_writes_its_folder(tmp_path):
     columns = set(rows[0])
     assert {"lr", "train_loss", "train_loss_unscaled", "val_dice", "val_hd95", "time_s", "images_per_s"} <= columns
     assert {"env_K", "env_grad_scale", "env_weights_mean", "env_k", "env_alpha", "env_n_over_k"} <= columns
-    # Epoch 1 is the envelope's warm-up (ERM), so the scaled and unscaled losses agree there only.
-    assert float(rows[0]["train_loss"]) == pytest.approx(float(rows[0]["train_loss_unscaled"]))
+    # Epoch 1 weighs every image 1 (selection starts at epoch 2): the plain mean of the Bsigma-selected image
+    # losses, which drops each image's worst pixels, so it lies below the base loss over every pixel.
+    assert float(rows[0]["train_loss"]) < float(rows[0]["train_loss_unscaled"])
     assert float(rows[1]["env_n_over_k"]) > 1
     ledger = np.load(out / "envelope" / "epoch_002.npz")
     assert ledger["ledger"].shape == (8,) and np.isfinite(ledger["ledger"]).all()
@@ -119,7 +121,7 @@ def test_a_run_writes_its_folder(tmp_path):
 @pytest.mark.parametrize(("envelope", "sig"), [(None, signal.SIGINT), ({"preset": "paper_best"}, signal.SIGTERM)])
 def test_an_interrupted_run_resumes_bit_identically(tmp_path, envelope, sig):
     def config(name):
-        return tiny_config(tmp_path / name, envelope=envelope, train={"epochs": 3, "val_every": 2})
+        return tiny_config(tmp_path / name, envelope=envelope, train={"epochs": 2, "val_every": 2})
 
     reference = run(config("reference"))
     # 8 images in batches of 3: 3 steps per epoch; stop during epoch 2 (after its 2nd step).
@@ -155,7 +157,7 @@ def test_resuming_with_a_different_config_is_refused_with_the_differing_keys(tmp
 
 
 def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    config = tiny_config(tmp_path / "run", train={"epochs": 2})
+    config = tiny_config(tmp_path / "run", train={"epochs": 2, "checkpoint_every_s": 0.0})  # after every epoch
     real_save, writes, kept = torch.save, {"last": 0}, {}
 
     def save_until_full(obj, handle, *args, **kwargs):  # the disk fills up at the second last.pt
@@ -177,6 +179,20 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path,
     assert not (tmp_path / "run" / "last.pt.tmp").exists()
     assert load_checkpoint(tmp_path / "run" / "last.pt")["epochs_completed"] == 1
     assert run(config, resume=True).epochs_completed == 2  # and it resumes
+
+
+@pytest.mark.parametrize(("every_s", "writes"), [(0.0, 3), (3600.0, 1)])
+def test_last_checkpoint_every_epoch_or_at_most_every_so_many_seconds(tmp_path, monkeypatch, every_s, writes):
+    real_save, written = torch.save, []
+
+    def counting_save(obj, handle, *args, **kwargs):
+        written.append(Path(handle.name).name)
+        return real_save(obj, handle, *args, **kwargs)
+
+    monkeypatch.setattr(train_module.torch, "save", counting_save)
+    run(tiny_config(tmp_path / "run", train={"epochs": 3, "val_every": 0, "checkpoint_every_s": every_s}))
+    assert written.count("last.pt.tmp") == writes  # the last epoch always writes it
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epochs_completed"] == 3
 
 
 def test_losses_that_cannot_serve_the_data_are_refused(monkeypatch):
@@ -234,7 +250,7 @@ def test_a_binary_loss_trains_one_sigmoid_channel(tmp_path):
     assert result.test["mean"]["dice"] is not None
 
 
-@pytest.mark.parametrize("envelope", [None, {"preset": "atk_sm"}])
+@pytest.mark.parametrize("envelope", [None, {"preset": "atk_sm", "options": {"top_fraction": 0.5}}])
 def test_deep_supervision_trains_with_and_without_the_envelope(tmp_path, envelope):
     result = run(tiny_config(tmp_path / "run", envelope=envelope, train={"epochs": 2, "deep_supervision": True},
                              optim={"name": "sgd", "lr": 0.01, "schedule": "cosine", "warmup_epochs": 1.0}))
@@ -291,6 +307,12 @@ def test_empty_splits_and_bad_samples_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"the val split to hold samples, but got an empty split"):
         train(tiny_config(tmp_path / "a"), splits=splits)
     splits = disc_splits()
+    splits.train.samples[1] = {**splits.train.samples[1], "image": torch.zeros(1, 32, 40),
+                               "mask": torch.zeros(32, 40, dtype=torch.long)}
+    with pytest.raises(ValueError, match=r"images of a batch to share one size \(set `data\.image_size`\), but got "
+                                         r"\[\(1, 32, 32\), \(1, 32, 40\)\]"):
+        train(tiny_config(tmp_path / "c"), splits=splits)
+    splits = disc_splits()
     splits.train = [(torch.zeros(1, 32, 32), torch.zeros(32, 32, dtype=torch.long))] * 4
     with pytest.raises(TypeError, match=r"dicts with keys \['image', 'mask'.*but got tuple"):
         train(tiny_config(tmp_path / "b"), splits=splits)
@@ -307,3 +329,33 @@ def test_an_hc18_subset_trains_end_to_end_with_noise_and_the_envelope(tmp_path, 
     assert len(result.history) == 2 and result.test["units"] == 3
     assert list(result.test["per_class"]["dice"]) == ["head"]
     assert 0.0 <= result.test["mean"]["dice"] <= 1.0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_a_cuda_device_without_cuda_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"`train\.device` to be a device this machine has, but got 'cuda'"):
+        run(tiny_config(tmp_path / "run", train={"device": "cuda"}))
+
+
+@pytest.mark.parametrize(("name", "sizes", "eval_unit", "classes"), [
+    ("fuseg", {"max_train": 6, "max_val": 3, "max_test": 3}, "image", 1),
+    ("acdc", {"max_train": 6, "max_val": 1, "max_test": 1}, "volume", 3),
+])
+def test_fuseg_and_acdc_subsets_train_end_to_end(tmp_path, data_dir, name, sizes, eval_unit, classes):
+    config = tiny_config(tmp_path / "run", data={"name": name, "root": str(data_dir / name), "image_size": [64, 64],
+                                                 **sizes}, train={"epochs": 1, "batch_size": 3})
+    result = train(config)
+    assert result.test["eval_unit"] == eval_unit and len(result.test["per_class"]["dice"]) == classes
+    assert result.test["units"] == sizes["max_test"]
+    with open(tmp_path / "run" / "per_image.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == sizes["max_test"] * classes
+
+
+def test_a_binary_only_loss_on_acdc_is_refused_before_training(tmp_path, data_dir, monkeypatch):
+    monkeypatch.setattr(seglosses.TverskyLoss, "modes", ("binary",))
+    config = tiny_config(tmp_path / "run", loss={"name": "tversky"}, data={
+        "name": "acdc", "root": str(data_dir / "acdc"), "image_size": [64, 64], "max_train": 2, "max_val": 1,
+        "max_test": 1})
+    with pytest.raises(ValueError, match=r"serves 4-class label maps \(multiclass mode\), but got 'tversky'"):
+        train(config)
+    assert not (tmp_path / "run" / "last.pt").exists()

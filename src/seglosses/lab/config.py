@@ -67,9 +67,11 @@ class LossConfig:
 @dataclass
 class EnvelopeSettings:
     """The Top-k / Bottom-all-but-sigma envelope: a preset of ``seglosses.ENVELOPE_PRESETS`` and
-    option overrides (``total_epochs`` defaults to ``train.epochs``)."""
+    option overrides (``total_epochs`` defaults to ``train.epochs``). The default preset is ``erm``,
+    like the envelope's own constructor default: no configuration has yet been shown to beat plain
+    training (docs/envelope.md), so an envelope section must name what it tests."""
 
-    preset: str = "paper_best"
+    preset: str = "erm"
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -115,6 +117,8 @@ class TrainConfig:
     progress: bool = True  # tqdm bars, only on a terminal
     tensorboard: bool = False  # needs the tensorboard package
     nsd_tolerance: float = 2.0  # normalised surface Dice tolerance, in the units of the spacing
+    checkpoint_every_s: float = 60.0  # write last.pt after an epoch when this long passed (0: every epoch)
+    flush_denormal: bool = True  # CPU: flush denormal floats to zero (near-zero envelope weights slow backward)
     out_dir: str = "runs/run"
 
 
@@ -133,7 +137,8 @@ class RunConfig:
 # --------------------------------------------------------------------------- typed construction
 
 # Keys that may differ when resuming: they change where and how fast, not what is computed.
-RESUMABLE_CHANGES: tuple[str, ...] = ("train.progress", "train.num_workers", "train.out_dir", "train.tensorboard")
+RESUMABLE_CHANGES: tuple[str, ...] = ("train.progress", "train.num_workers", "train.out_dir", "train.tensorboard",
+                                      "train.checkpoint_every_s")
 
 
 def _error(key: str, expected: str, got: Any, source: str | None, error: type[Exception] = ValueError) -> Exception:
@@ -445,6 +450,7 @@ def check_config(config: RunConfig, *, source: str | None = None) -> None:
     _check_positive("train.val_every", train.val_every, source, allow_zero=True)
     _check_positive("train.num_workers", train.num_workers, source, allow_zero=True)
     _check_positive("train.nsd_tolerance", train.nsd_tolerance, source)
+    _check_positive("train.checkpoint_every_s", train.checkpoint_every_s, source, allow_zero=True)
     _check_positive("optim.lr", optim.lr, source)
     _check_positive("optim.weight_decay", optim.weight_decay, source, allow_zero=True)
     _check_positive("optim.momentum", optim.momentum, source, allow_zero=True)

@@ -15,8 +15,8 @@ run on the CPU gives bit-identical parameters to an uninterrupted one. Ctrl-C or
 the current step, writes ``last.pt`` and returns (``RunResult.interrupted``).
 
 DDP: launched with ``torchrun``, every process calls ``train(config)``; ``train.batch_size`` is the
-global batch, split evenly. Rank ``r`` takes positions ``r, r + W, ...`` of the epoch's permutation,
-so the processes together see the same global batches as one process. The envelope keeps a
+global batch, split evenly. Rank ``r`` takes positions ``r, r + W, ...`` of the epoch's permutation
+(``DistributedSampler``), so the processes together see the same global batches as one process. The envelope keeps a
 global ledger; validation and test metrics are gathered across processes; rank 0 writes files.
 """
 
@@ -42,7 +42,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, default_collate
 
 from seglosses.envelope import TopKBottomSigma
 from seglosses.lab.config import (
@@ -333,7 +333,7 @@ def _seed_everything(seed: int) -> None:
 
 
 class _Order(Sampler[int]):
-    """Yields the indices it was last given (the epoch's shard of a seeded permutation)."""
+    """Yields the indices it was last given (this process's part of the epoch, from :func:`_epoch_order`)."""
 
     def __init__(self) -> None:
         self.indices: list[int] = []
@@ -345,22 +345,27 @@ class _Order(Sampler[int]):
         return len(self.indices)
 
 
-def _shard(order: list[int], rank: int, world: int) -> list[int]:
-    """This process's share of ``order``: positions rank, rank + W, ... (padded by wrapping so that every
-    process takes the same number of samples, as DistributedSampler does)."""
-    padded = order + order[: (-len(order)) % world]
-    return padded[rank::world]
+def _epoch_order(dataset: Dataset, seed: int, epoch: int, rank: int, world: int, shuffle: bool = True) -> list[int]:
+    """This process's indices for ``epoch``: PyTorch's DistributedSampler (a permutation seeded by
+    seed + epoch, padded by wrapping, positions rank, rank + W, ...), as a list so a resumed epoch
+    can skip the batches already done."""
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+    sampler.set_epoch(epoch)
+    return list(sampler)
 
 
-def _epoch_order(num_samples: int, seed: int, epoch: int, rank: int, world: int) -> list[int]:
-    """This process's share of the epoch's permutation, seeded by (seed, epoch)."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return _shard(torch.randperm(num_samples, generator=generator).tolist(), rank, world)
+def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """PyTorch's default collation, with a clear error when the images of a batch differ in size."""
+    sizes = {tuple(sample["image"].shape) for sample in samples}
+    if len(sizes) > 1:
+        raise ValueError(f"Expected the images of a batch to share one size (set `data.image_size`), but got "
+                         f"{sorted(sizes)} for cases {[sample['case_id'] for sample in samples]}.")
+    return default_collate(samples)
 
 
 def _loader(dataset: Dataset, batch_size: int, sampler: Sampler | None, num_workers: int, pin: bool) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=num_workers,
-                      pin_memory=pin, persistent_workers=num_workers > 0, drop_last=False)
+                      pin_memory=pin, persistent_workers=num_workers > 0, drop_last=False, collate_fn=_collate)
 
 
 # --------------------------------------------------------------------------- prediction and evaluation
@@ -614,6 +619,8 @@ def _resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"Expected `train.device` to be a device this machine has, but got {name!r} "
                          f"(CUDA is not available).")
+    if device.type == "cuda" and device.index is None:  # one GPU per torchrun process
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return device
 
 
@@ -670,6 +677,10 @@ def _train(config: RunConfig, out_dir: Path, splits: Any, resume: bool | str | P
     device = _resolve_device(run.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    if device.type == "cpu" and run.flush_denormal:
+        # Near-zero envelope weights give denormal gradients, which make CPU kernels several times slower.
+        # (A process-wide setting: PyTorch offers no way to read it back.)
+        torch.set_flush_denormal(True)
     if run.batch_size % world:
         raise ValueError(f"Expected `train.batch_size` to be divisible by the {world} processes, "
                          f"but got {run.batch_size}.")
@@ -770,7 +781,7 @@ def _train(config: RunConfig, out_dir: Path, splits: Any, resume: bool | str | P
 
     if envelope is not None and envelope.config.ledger_init == "prepass" and checkpoint is None:
         prepass_loader = _loader(splits.train, local_batch, _Order(), run.num_workers, device.type == "cuda")
-        prepass_loader.sampler.indices = _shard(list(range(num_train)), rank, world)
+        prepass_loader.sampler.indices = _epoch_order(splits.train, run.seed, 0, rank, world, shuffle=False)
         with torch.no_grad():
             envelope.prepass(((b["image"].to(device), b["mask"].to(device), b["index"].to(device))
                               for b in prepass_loader), model=model)
@@ -778,11 +789,11 @@ def _train(config: RunConfig, out_dir: Path, splits: Any, resume: bool | str | P
     order = _Order()
     loader = _loader(splits.train, local_batch, order, run.num_workers, device.type == "cuda")
     show_bars = run.progress and main_process and sys.stderr.isatty()
-    interrupted = False
+    interrupted, last_checkpoint = False, time.perf_counter()
     with _StopFlag() as stop:
         while epoch <= run.epochs:
             epoch_start = time.perf_counter()
-            shard = _epoch_order(num_train, run.seed, epoch, rank, world)
+            shard = _epoch_order(splits.train, run.seed, epoch, rank, world)
             order.indices = shard[start_step * local_batch:]
             sums = {"loss": torch.zeros((), dtype=torch.float64, device=device),
                     "unscaled": torch.zeros((), dtype=torch.float64, device=device),
@@ -790,11 +801,12 @@ def _train(config: RunConfig, out_dir: Path, splits: Any, resume: bool | str | P
             env_sums: dict[str, Any] = {}
             records: list[Tensor] = []  # (index, weight, rank, kept fraction, image loss) per image
             loop_time = 0.0
-            if partial:
-                sums = {key: value.to(device) for key, value in partial["sums"].items()}
-                env_sums = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in partial["env_sums"].items()}
+            if partial:  # resuming inside this epoch; under DDP rank 0 holds the sums of every process
                 loop_time = partial["loop_time"]
-                records = [partial["records"].to(device)] if partial["records"].numel() else []
+                if main_process:
+                    sums = {key: value.to(device) for key, value in partial["sums"].items()}
+                    env_sums = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in partial["env_sums"].items()}
+                    records = [partial["records"].to(device)] if partial["records"].numel() else []
                 partial = {}
             model.train()
             bar = None
@@ -827,7 +839,9 @@ def _train(config: RunConfig, out_dir: Path, splits: Any, resume: bool | str | P
                 sums["images"] += count
                 if envelope is not None:
                     diagnostics = envelope.diagnostics
-                    sums["unscaled"] += diagnostics.image_losses.detach().double().sum()
+                    base_mean = getattr(diagnostics, "base_loss_mean", None)  # the base loss, no selection or weights
+                    sums["unscaled"] += (diagnostics.image_losses.detach().double().sum() if base_mean is None
+                                         else base_mean.detach().double() * count)
                     _add_diagnostics(env_sums, diagnostics)
                     records.append(torch.stack([indices.double(), diagnostics.weights.to(device).double(),
                                                 diagnostics.ranks.to(device).double(),
@@ -848,6 +862,12 @@ def _train(config: RunConfig, out_dir: Path, splits: Any, resume: bool | str | P
                 if stop_now and step < steps_per_epoch:
                     loop_time += time.perf_counter() - loop_start
                     train_time += time.perf_counter() - epoch_start
+                    if world > 1:  # rank 0 saves the epoch's partial sums of every process
+                        for value in sums.values():
+                            dist.all_reduce(value)
+                        parts: list[Any] = [None] * world
+                        dist.all_gather_object(parts, torch.cat(records).cpu() if records else torch.zeros(0, 5))
+                        records = [torch.cat(parts).to(device)]
                     if main_process:
                         saved = {"sums": {k: v.cpu() for k, v in sums.items()},
                                  "env_sums": {k: v.cpu() if isinstance(v, Tensor) else v for k, v in env_sums.items()},
@@ -910,7 +930,10 @@ def _train(config: RunConfig, out_dir: Path, splits: Any, resume: bool | str | P
             epoch += 1
             if main_process:
                 _write_log(out_dir / "log.csv", history)
-                save_checkpoint(checkpoint_state(epoch, 0, {}), out_dir / "last.pt")
+                # last.pt after the last epoch, on a stop, and otherwise at most every checkpoint_every_s.
+                if stop_now or epoch > run.epochs or time.perf_counter() - last_checkpoint >= run.checkpoint_every_s:
+                    save_checkpoint(checkpoint_state(epoch, 0, {}), out_dir / "last.pt")
+                    last_checkpoint = time.perf_counter()
                 if writer is not None:
                     for key, value in row.items():
                         if key != "epoch" and isinstance(value, (int, float)) and value is not None:
