@@ -36,6 +36,7 @@ import numpy as np
 import scipy
 import torch
 from scipy import ndimage
+from speed import cpu_model, load_average
 
 import seglosses
 from seglosses.distance import distance_transform
@@ -51,23 +52,6 @@ def balls(shape: tuple[int, ...], count: int, rng: np.random.Generator) -> np.nd
         radius = rng.integers(5, min(shape) // 4)
         mask |= ((grid - centre) ** 2).sum(axis=0) < radius * radius
     return mask
-
-
-def load_average() -> float | None:
-    try:
-        return float(Path("/proc/loadavg").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

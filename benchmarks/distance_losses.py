@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from monai.losses import BoundaryLoss as MonaiBoundaryLoss
 from monai.losses import HausdorffDTLoss as MonaiHausdorffDTLoss
+from speed import cpu_model, load_average
 
 import seglosses
 from seglosses import create_loss
@@ -64,23 +65,6 @@ def step_time(function, logits: torch.Tensor, target: torch.Tensor) -> float:
     value = function(logits, target)
     torch.autograd.grad(value, logits)
     return 1000.0 * (time.perf_counter() - start)
-
-
-def load_average() -> float | None:
-    try:
-        return float(Path("/proc/loadavg").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
