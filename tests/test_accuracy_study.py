@@ -183,3 +183,11 @@ def test_tiny_grid_runs_skips_and_aggregates(study, schedule_file, tmp_path):
     (out_dir / "cell.json").write_text(json.dumps(saved))
     finished, why = study.is_finished(out_dir, study.cell_config(retuned, cell, out_dir))
     assert not finished and "resolved envelope options" in why
+
+    # A half-run whose checkpoint was made under another config is restarted, not resumed (train
+    # would refuse the resume).
+    cell = study.Cell("erm", "severe", 0)
+    out_dir = study.cell_dir(runs, retuned, cell)
+    assert (out_dir / "last.pt").is_file()
+    assert not study.resumable(out_dir, study.cell_config(retuned, cell, out_dir))
+    assert study.resumable(out_dir, study.cell_config(schedule, cell, out_dir))

@@ -354,6 +354,16 @@ def is_finished(out_dir: Path, config: Any) -> tuple[bool, str]:
     return False, f"stale (made with a different {', '.join(differing) or 'fingerprint'})"
 
 
+def resumable(out_dir: Path, config: Any) -> bool:
+    """Whether the interrupted run in ``out_dir`` may be resumed under ``config`` (the test ``train``
+    applies to its checkpoint, which would otherwise refuse it)."""
+    from seglosses.lab.config import RESUMABLE_CHANGES, config_diff
+    from seglosses.lab.train import load_checkpoint
+
+    saved = load_checkpoint(out_dir / "last.pt", map_location="cpu")["config"]
+    return all(key in RESUMABLE_CHANGES for key in config_diff(saved, config))
+
+
 def summarize_cell(schedule: Schedule, cell: Cell, out_dir: Path, train_split: Any, wall_s: float,
                    config: Any) -> dict[str, Any]:
     """Write and return ``cell.json``: the cell's test scores, noise measurement and envelope view."""
@@ -470,6 +480,9 @@ def run_grid(schedule: Schedule, cells: Sequence[Cell], *, runs_root: Path, resu
                     f"(a cell takes about {estimate:.0f} s)")
                 break
             resume = not stale and (out_dir / "last.pt").is_file() and not (out_dir / "results.json").is_file()
+            if resume and not resumable(out_dir, config):  # a half-run of an older config: start afresh
+                log(f"{cell.name}: its checkpoint was made with a different config: rerunning it")
+                stale, resume = True, False
             log(f"start {cell.name}{' (resuming)' if resume else ''}")
             begun = time.monotonic()
             try:
