@@ -122,6 +122,41 @@ REQUIRED_ARGUMENTS: dict[str, dict] = {}
 # Options the harness passes to losses whose defaults do not fit its tiny inputs, with the reason.
 HARNESS_OPTIONS: dict[str, dict] = {
     "rmi": {"downsample": 1},  # 4x pooling would leave no 3x3 neighbourhood in a 5x6 image
+    "active_boundary": {"max_boundary_fraction": 0.3},  # 1% of 30 pixels is no predicted boundary at all
+}
+
+# Losses that only see a target's boundaries, with the reason: they get targets made of random boxes
+# (random pixel labels make nearly every pixel a boundary pixel, where these losses are 0).
+BOX_TARGETS: dict[str, str] = {
+    "active_boundary": "weighs pixels by their distance to the boundary, 0 on it and beside it",
+}
+
+# Options for the gradient check of losses whose default gradient is by design not the derivative of their
+# value (a stop-gradient), with the reason; the default gradient is tested in the loss's own test file.
+GRADCHECK_OPTIONS: dict[str, dict] = {
+    "active_boundary": {"detach_neighbours": False},  # the reference detaches the neighbours' predictions
+}
+
+
+def _active_boundary_perfect_bound(case: Case) -> float:
+    """At a perfect prediction the predicted boundary is the true one, dilated 3x3: every kept pixel lies
+    within sqrt(2) of the boundary (weight at most (sqrt(2) - 1) / 20), and its direction logits are KL
+    divergences of at most about MARGIN per class (channel), so its cross-entropy is at most their spread
+    plus log 8. Label smoothing keeps it above 0: the loss is small there, but not 0 and not minimal."""
+    spread = MARGIN * (1 if case.mode == "multiclass" else case.channels) + 1.0
+    return (math.sqrt(2.0) - 1.0) / 20.0 * (spread + math.log(8.0))
+
+
+# Losses that a perfect prediction does not minimise, with an upper bound of their value there: the
+# perfect-prediction test checks 0 <= value <= bound instead of value ~ 0 and value <= random.
+PERFECT_LOSS_BOUND: dict[str, Callable[[Case], float]] = {
+    "active_boundary": _active_boundary_perfect_bound,
+}
+
+# Losses defined in fewer spatial dimensions than 2D and 3D, with the reason; the harness checks that the
+# others are refused with an error naming `logits`.
+SPATIAL_DIMS_OF: dict[str, tuple[int, ...]] = {
+    "active_boundary": (2,),  # its 8-neighbour directions are the reference's 2D construction (SPEC D.18)
 }
 
 # Functional counterparts whose name does not follow "XyzLoss -> xyz_loss" (checked in the loss's own module).
@@ -137,6 +172,8 @@ FUNCTION_OF_MODULE: dict[str, str] = {
 # reason; the false-positive test checks that they indeed ignore it rather than that they penalise it.
 BLIND_TO_ABSENT_CLASSES: dict[str, str] = {
     "boundary": "Kervadec's map of an absent class is 0 (SPEC D.15): used alone it collapses, combine it with Dice",
+    "active_boundary": "without a ground-truth boundary there is no direction to move a predicted one (SPEC D.18): "
+    "it is an auxiliary term beside CE",
 }
 
 # Losses that sort or select pixels (lovasz, topk_ce, topk_dice) are only piecewise smooth. gradcheck
@@ -188,6 +225,7 @@ def _cases(spatial_dims: tuple[int, ...] = (2, 3)) -> list[Case]:
         Case(name, dims, mode)
         for name in list_losses()
         for dims in spatial_dims
+        if dims in SPATIAL_DIMS_OF.get(name, (2, 3))
         for mode in _declared_modes(loss_class(name))
     ]
 
@@ -225,9 +263,30 @@ def random_logits(case: Case, device: torch.device, *, seed: int = 0, dtype=torc
     return (scale * torch.randn(case.logits_shape, generator=generator, dtype=torch.float64)).to(device, dtype)
 
 
+def _block_target(case: Case, device: torch.device, generator: torch.Generator) -> Tensor:
+    """Like random_target, but every class (channel) is one random box, so that boundaries are lines."""
+    spatial = SPATIAL[case.spatial_dims]
+    multilabel = case.mode == "multilabel"
+    target = torch.zeros((BATCH, case.channels, *spatial) if multilabel else (BATCH, *spatial), dtype=torch.long)
+    for image in range(BATCH):
+        for label in range(1, 2 if case.mode == "binary" else case.channels + multilabel):
+            box = []
+            for size in spatial:
+                start = int(torch.randint(0, size // 2, (1,), generator=generator))
+                box.append(slice(start, start + int(torch.randint(2, size - start + 1, (1,), generator=generator))))
+            if multilabel:
+                target[(image, label - 1, *box)] = 1
+            else:
+                target[(image, *box)] = label
+    return (target.double() if multilabel else target).to(device)
+
+
 def random_target(case: Case, device: torch.device, *, seed: int = 1) -> Tensor:
-    """Labels (B, *S) for multiclass and binary, a dense 0/1 float target (B, C, *S) for multilabel."""
+    """Labels (B, *S) for multiclass and binary, a dense 0/1 float target (B, C, *S) for multilabel
+    (random boxes instead of random pixels for the losses in BOX_TARGETS)."""
     generator = torch.Generator().manual_seed(seed)
+    if case.name in BOX_TARGETS:
+        return _block_target(case, device, generator)
     if case.mode == "multilabel":
         return torch.randint(0, 2, case.logits_shape, generator=generator).double().to(device)
     high = 2 if case.mode == "binary" else case.channels
@@ -371,7 +430,8 @@ def test_target_forms_agree(case: Case, device: torch.device) -> None:
 @pytest.mark.parametrize("configuration", CONFIGURATIONS)
 def test_gradcheck_float64(case: Case, configuration: str, device: torch.device) -> None:
     configured = configure(case, configuration, device)
-    loss, target = build(case, reduction="none", **configured.options), configured.target
+    loss = build(case, reduction="none", **GRADCHECK_OPTIONS.get(case.name, {}), **configured.options)
+    target = configured.target
     logits = random_logits(case, device).requires_grad_(True)
     assert torch.autograd.gradcheck(
         lambda z: loss(z, target), (logits,), eps=1e-6, atol=1e-5, rtol=1e-3, fast_mode=True
@@ -401,6 +461,10 @@ def test_perfect_prediction_is_near_zero(case: Case, device: torch.device) -> No
     target = random_target(case, device)
     perfect = loss(perfect_logits(case, target), target)
     random = loss(random_logits(case, device), target)
+    if case.name in PERFECT_LOSS_BOUND:
+        bound = PERFECT_LOSS_BOUND[case.name](case)
+        assert ((perfect >= 0) & (perfect <= bound)).all(), f"perfect prediction gives {perfect.tolist()} > {bound}"
+        return
     # Compared over the batch: a batch-pooled loss (topk_ce, batch Dice) gives each image only its share.
     assert perfect.mean() <= random.mean()
     tolerance = PERFECT_LOSS_TOLERANCE.get(case.name, DEFAULT_PERFECT_LOSS_TOLERANCE)
@@ -726,6 +790,14 @@ def test_unsupported_mode_is_refused(name: str, device: torch.device) -> None:
     for mode in unsupported:
         case = Case(name, 2, mode)
         with pytest.raises((ValueError, TypeError), match="`mode`"):
+            build(case)(random_logits(case, device), random_target(case, device))
+
+
+@pytest.mark.parametrize("name", sorted(SPATIAL_DIMS_OF))
+def test_unsupported_spatial_dims_are_refused(name: str, device: torch.device) -> None:
+    for dims in {2, 3} - set(SPATIAL_DIMS_OF[name]):
+        case = Case(name, dims, _declared_modes(loss_class(name))[0])
+        with pytest.raises(ValueError, match="^Expected `logits` to be"):
             build(case)(random_logits(case, device), random_target(case, device))
 
 
