@@ -20,7 +20,8 @@ from seglosses._checks import value_checks_enabled
 # Losses that cannot be one graph, and why: their distance maps are computed outside torch.
 NOT_COMPILABLE: dict[str, str] = {
     name: "its distance maps come from scipy's exact transform on the host (numpy), outside any graph"
-    for name in ("boundary", "hausdorff_dt", "distance_map_ce", "region_wise", "active_boundary")
+    for name in ("boundary", "hausdorff_dt", "distance_map_ce", "region_wise", "active_boundary",
+                 "boundary_aware")
 }
 # Options for losses whose defaults do not fit these tiny inputs.
 TINY_INPUT_OPTIONS: dict[str, dict] = {

@@ -21,6 +21,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -83,8 +84,6 @@ def _rmi_floor(case: Case, target: Tensor) -> Tensor:
     class-summed 0.5 log det(Sigma_Y|P + eps I) / 9 of the 3x3 neighbourhoods (no down-sampling, as
     HARNESS_OPTIONS asks). Probabilities are sigmoids, so multiclass "perfect" logits (0 off the true
     class) leave p = 1/2 there: the BCE part is then (C - 1) log 2 per pixel."""
-    import numpy as np
-
     dense = dense_target(case, target).cpu().numpy()
     probs = 1.0 / (1.0 + np.exp(-perfect_logits(case, target).cpu().numpy()))
     bce = -(dense * np.log(probs) + (1 - dense) * np.log1p(-probs)).sum(axis=1)
@@ -153,6 +152,32 @@ PERFECT_LOSS_BOUND: dict[str, Callable[[Case], float]] = {
     "active_boundary": _active_boundary_perfect_bound,
 }
 
+# Losses whose logits are not class scores: their channel count (LOGIT_CHANNELS) and perfect logits
+# (PERFECT_LOGITS), built here independently of the library (scipy's distance transform).
+LOGIT_CHANNELS: dict[str, int] = {
+    "boundary_aware": 5,  # one sigmoid channel per distance bin (default bins = max_distance = 5)
+}
+
+
+def _boundary_aware_perfect_logits(case: Case, target: Tensor, margin: float) -> Tensor:
+    """+-margin on the bin maps of each mask: inside, the bin of min(ceil(d), 5), d scipy's distance to
+    the outside (infinite for a full mask); outside, no bin."""
+    from scipy import ndimage
+
+    masks = dense_target(case, target)[:, 0].cpu().numpy() > 0.5
+    maps = torch.zeros(case.logits_shape, dtype=torch.float64)
+    for image, mask in enumerate(masks):
+        distance = ndimage.distance_transform_edt(mask) if not mask.all() else mask * math.inf
+        truncated = np.minimum(np.ceil(distance), 5)
+        for k in range(5):
+            maps[image, k] = torch.from_numpy(mask & (truncated == k + 1))
+    return (margin * (2.0 * maps - 1.0)).to(target.device)
+
+
+PERFECT_LOGITS: dict[str, Callable[[Case, Tensor, float], Tensor]] = {
+    "boundary_aware": _boundary_aware_perfect_logits,
+}
+
 # Losses defined in fewer spatial dimensions than 2D and 3D, with the reason; the harness checks that the
 # others are refused with an error naming `logits`.
 SPATIAL_DIMS_OF: dict[str, tuple[int, ...]] = {
@@ -210,6 +235,11 @@ class Case:
 
     @property
     def logits_shape(self) -> tuple[int, ...]:
+        return (BATCH, LOGIT_CHANNELS.get(self.name, self.channels), *SPATIAL[self.spatial_dims])
+
+    @property
+    def target_shape(self) -> tuple[int, ...]:
+        """The shape of a dense target: one channel per class (or sigmoid channel)."""
         return (BATCH, self.channels, *SPATIAL[self.spatial_dims])
 
     @property
@@ -288,7 +318,7 @@ def random_target(case: Case, device: torch.device, *, seed: int = 1) -> Tensor:
     if case.name in BOX_TARGETS:
         return _block_target(case, device, generator)
     if case.mode == "multilabel":
-        return torch.randint(0, 2, case.logits_shape, generator=generator).double().to(device)
+        return torch.randint(0, 2, case.target_shape, generator=generator).double().to(device)
     high = 2 if case.mode == "binary" else case.channels
     return torch.randint(0, high, (BATCH, *SPATIAL[case.spatial_dims]), generator=generator).to(device)
 
@@ -303,7 +333,10 @@ def dense_target(case: Case, target: Tensor) -> Tensor:
 
 
 def perfect_logits(case: Case, target: Tensor, margin: float = MARGIN) -> Tensor:
-    """Logits that put ``margin`` on the true class (softmax) or +-margin per channel (sigmoid)."""
+    """Logits that put ``margin`` on the true class (softmax) or +-margin per channel (sigmoid); a loss
+    whose logits are not class scores declares its own in PERFECT_LOGITS."""
+    if case.name in PERFECT_LOGITS:
+        return PERFECT_LOGITS[case.name](case, target, margin)
     dense = dense_target(case, target)
     return margin * dense if case.mode == "multiclass" else margin * (2.0 * dense - 1.0)
 
@@ -311,7 +344,7 @@ def perfect_logits(case: Case, target: Tensor, margin: float = MARGIN) -> Tensor
 def background_target(case: Case, device: torch.device) -> Tensor:
     """A target with no foreground anywhere: label 0 everywhere, or all-zero channels."""
     if case.mode == "multilabel":
-        return torch.zeros(case.logits_shape, dtype=torch.float64, device=device)
+        return torch.zeros(case.target_shape, dtype=torch.float64, device=device)
     return torch.zeros((BATCH, *SPATIAL[case.spatial_dims]), dtype=torch.long, device=device)
 
 
@@ -688,7 +721,7 @@ def test_soft_targets_and_extreme_logits_are_finite(case: Case, device: torch.de
     """Soft (non one-hot) dense targets and saturated float32 logits give finite values and gradients."""
     loss = build(case, reduction="none")
     generator = torch.Generator().manual_seed(5)
-    soft = torch.rand(case.logits_shape, generator=generator, dtype=torch.float64).to(device)
+    soft = torch.rand(case.target_shape, generator=generator, dtype=torch.float64).to(device)
     if case.mode == "multiclass":
         soft = soft.softmax(dim=1)
     extreme = random_logits(case, device, dtype=torch.float32, scale=60.0)

@@ -23,21 +23,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from seglosses._checks import check_number, check_type, fail
+from seglosses._checks import check_finite_tensor, check_number, check_type, fail, value_checks_enabled
 from seglosses.base import Loss, reduce_images
 from seglosses.blocks import class_average_weights, spatial_sums
 from seglosses.distance import BACKENDS, DistanceMapCache, boundary_distance, distance_transform
 from seglosses.registry import register_loss
-from seglosses.targets import Prepared, prepare
+from seglosses.targets import LOGITS_CHECKED_AFTER, Prepared, check_logits, prepare
 
 __all__ = [
     "ActiveBoundaryLoss",
+    "BoundaryAwareLoss",
     "BoundaryDoULoss",
     "BoundaryLoss",
     "DistanceMapCELoss",
     "HausdorffDTLoss",
     "RegionWiseLoss",
     "active_boundary_loss",
+    "boundary_aware_loss",
+    "boundary_aware_loss_per_pixel",
+    "boundary_aware_masks",
+    "boundary_aware_target",
     "boundary_dou_loss",
     "boundary_loss",
     "boundary_loss_per_pixel",
@@ -993,3 +998,249 @@ class ActiveBoundaryLoss(Loss):
             mode=mode, ignore_index=ignore_index,
             backend=_check_backend(backend), cache=DistanceMapCache() if cache_target_maps else None,
         )
+
+
+
+# --------------------------------------------------------------------------- boundary-aware (Hayder)
+
+
+def _check_bins(max_distance: int, bins: int) -> None:
+    check_type("max_distance", max_distance, int)
+    if max_distance < 1:
+        fail("max_distance", "a positive integer (the truncation R, in pixels)", max_distance)
+    check_type("bins", bins, int)
+    if not 1 <= bins <= max_distance:
+        fail("bins", f"an integer in [1, max_distance={max_distance}] (each bin holds at least one distance)", bins)
+
+
+def _check_head(logits: Tensor, bins: int) -> None:
+    """The logits are a K-channel head: one binary channel per distance bin."""
+    check_logits(logits)
+    if logits.shape[1] != bins:
+        fail("logits", f"of shape (B, bins, *S) with one channel per distance bin (bins={bins}); the boundary-"
+             "aware loss needs a K-channel head, not class scores", f"{logits.shape[1]} channels")
+
+
+def _bin_radii(max_distance: int, bins: int) -> list[int]:
+    """Radius of the disk each bin stands for: the bin's smallest truncated distance minus one."""
+    return [bin_index * max_distance // bins for bin_index in range(bins)]
+
+
+@torch.no_grad()
+def boundary_aware_target(mask: Tensor, *, max_distance: int = 5, bins: int = 5, backend: str = "auto") -> Tensor:
+    r"""The K binary maps of Hayder's boundary-aware representation of (B, H, W) or (B, D, H, W) masks.
+
+    Inside the mask, :math:`D(n) = \min(\lceil d(n)\rceil, R)` with :math:`d` the distance to the nearest
+    pixel outside it (:func:`~seglosses.distance.distance_transform`; a mask without an outside pixel has
+    :math:`D = R`), quantised uniformly into K bins: bin :math:`k` holds
+    :math:`D \in (kR/K, (k+1)R/K]`. Outside the mask every map is 0. The image border is not a
+    boundary (scipy's semantics: an object cut by the border continues beyond it).
+
+    Args:
+        mask: (B, H, W) or (B, D, H, W) masks (boolean, integer 0/1, or float with the region t > 0.5).
+        max_distance, bins: as in :func:`boundary_aware_loss`.
+        backend: distance kernel, "auto", "scipy" or "torch".
+
+    Returns:
+        (B, K, *S) float maps, one-hot over the bins inside the mask and all zero outside it.
+
+    Example:
+        >>> mask = torch.zeros(1, 1, 7, dtype=torch.bool)
+        >>> mask[0, 0, 1:6] = True  # a one-row image: distances 1, 2, 3, 2, 1 along the row, truncated at R = 2
+        >>> boundary_aware_target(mask, max_distance=2, bins=2)[0, :, 0].int()
+        tensor([[0, 1, 0, 0, 0, 1, 0],
+                [0, 0, 1, 1, 1, 0, 0]], dtype=torch.int32)
+    """
+    _check_bins(max_distance, bins)
+    check_type("mask", mask, Tensor)
+    if mask.ndim not in (3, 4):
+        fail("mask", "of shape (B, H, W) or (B, D, H, W)", f"shape {tuple(mask.shape)}")
+    mask = mask.bool() if mask.dtype == torch.bool or not mask.is_floating_point() else mask > 0.5
+    distance = distance_transform(mask, None, spatial_dims=mask.ndim - 1, backend=_check_backend(backend))
+    truncated = torch.ceil(distance).clamp_max(max_distance).long()  # 0 outside, 1..R inside
+    index = (truncated * bins + max_distance - 1) // max_distance  # 0 outside, 1..K inside
+    return F.one_hot(index, bins + 1)[..., 1:].movedim(-1, 1).float()
+
+
+def boundary_aware_masks(logits: Tensor, *, max_distance: int = 5, bins: int = 5, threshold: float = 0.5) -> Tensor:
+    """Masks from a boundary-aware head, as a union of disks (the inverse distance transform of BAIS).
+
+    Each pixel whose most probable bin has probability above ``threshold`` draws a disk of that bin's
+    radius (its smallest truncated distance minus one, so the disk of a correct pixel never leaves the
+    object); the mask is the union. Exact on correct bins: every object pixel covers itself.
+
+    Args:
+        logits: (B, K, H, W) or (B, K, D, H, W) scores of the head.
+        max_distance, bins: as in :func:`boundary_aware_loss`.
+        threshold: the probability a bin needs to count.
+
+    Returns:
+        (B, *S) boolean masks.
+
+    Example:
+        >>> disc = (torch.arange(-4, 5).view(-1, 1) ** 2 + torch.arange(-4, 5) ** 2 <= 9).unsqueeze(0)
+        >>> bins = boundary_aware_target(disc)
+        >>> torch.equal(boundary_aware_masks(20.0 * (2 * bins - 1)), disc)
+        True
+    """
+    _check_bins(max_distance, bins)
+    _check_head(logits, bins)
+    threshold = check_number("threshold", threshold, low=0.0, high=1.0)
+    with torch.no_grad():
+        probs = logits.detach().float().sigmoid()
+        best, index = probs.max(dim=1)
+        spatial_dims = logits.ndim - 2
+        convolve = F.conv2d if spatial_dims == 2 else F.conv3d
+        masks = torch.zeros_like(best, dtype=torch.bool)
+        for bin_index, radius in enumerate(_bin_radii(max_distance, bins)):
+            centres = ((index == bin_index) & (best > threshold)).float().unsqueeze(1)
+            axis = torch.arange(-radius, radius + 1, device=logits.device, dtype=torch.float32)
+            squared = sum(a**2 for a in torch.meshgrid(*([axis] * spatial_dims), indexing="ij"))
+            disk = (squared <= radius**2).float()[None, None]
+            masks |= convolve(centres, disk, padding=radius)[:, 0] > 0.5
+    return masks
+
+
+def _boundary_aware_terms(logits: Tensor, target: Tensor, max_distance: int, bins: int, mode: str | None,
+                          ignore_index: int | None, backend: str, cache) -> tuple[Prepared, Tensor]:
+    """The prepared binary target and the (B, *S) per-pixel sum over bins of the binary cross-entropies."""
+    _check_bins(max_distance, bins)
+    _check_head(logits, bins)
+    if mode not in (None, "binary"):
+        fail("mode", "None or 'binary' (the target is one binary mask per image; the logits hold one channel per "
+             "distance bin)", repr(mode))
+    if value_checks_enabled() and not LOGITS_CHECKED_AFTER.get():
+        check_finite_tensor("logits", logits)
+    prepared = prepare(logits[:, :1], target, mode="binary", ignore_index=ignore_index)  # validates the mask
+    regions = _regions(prepared) & prepared.valid_bool().unsqueeze(1)  # ignored pixels count as outside
+
+    def make(regions: Tensor, spacing: Spacing, backend: str) -> Tensor:
+        return boundary_aware_target(regions[:, 0], max_distance=max_distance, bins=bins, backend=backend)
+
+    maps = _target_maps(regions, f"boundary_aware R={max_distance} K={bins}", None, _check_backend(backend), cache,
+                        make)
+    logits = logits.to(prepared.logits.dtype)
+    bce = F.binary_cross_entropy_with_logits(logits, maps.to(logits.dtype), reduction="none").sum(dim=1)
+    return prepared, prepared.mask(bce)
+
+
+def boundary_aware_loss_per_pixel(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    max_distance: int = 5,
+    bins: int = 5,
+    mode: str | None = None,
+    ignore_index: int | None = None,
+    backend: str = "auto",
+    cache: DistanceMapCache | None = None,
+) -> Tensor:
+    """Per-pixel boundary-aware loss, (B, *S): the sum over the K bins of the binary cross-entropies; see
+    :func:`boundary_aware_loss`.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, mask = torch.randn(2, 5, 8, 8), torch.randint(0, 2, (2, 8, 8))
+        >>> per_pixel = boundary_aware_loss_per_pixel(logits, mask)
+        >>> torch.allclose(per_pixel.mean(dim=(1, 2)), boundary_aware_loss(logits, mask, reduction="none"))
+        True
+    """
+    return _boundary_aware_terms(logits, target, max_distance, bins, mode, ignore_index, backend, cache)[1]
+
+
+def boundary_aware_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    max_distance: int = 5,
+    bins: int = 5,
+    mode: str | None = None,
+    ignore_index: int | None = None,
+    backend: str = "auto",
+    cache: DistanceMapCache | None = None,
+    reduction: str = "mean",
+) -> Tensor:
+    r"""Boundary-aware loss (BAIS): K binary cross-entropies against the quantised truncated distance
+    transform of a binary mask, for a head that predicts the distance bins.
+
+    **The head it expects** is not a class-score output: ``logits`` (B, K, *S) hold one sigmoid channel per
+    distance bin (K = ``bins``). The target is one binary mask per image, labels (B, *S) / (B, 1, *S) in
+    {0, 1} or a dense (B, 1, *S) mask (its region is t > 0.5), from which :func:`boundary_aware_target`
+    builds the K maps: inside the object :math:`D = \min(\lceil d\rceil, R)`, :math:`d` the distance to the
+    nearest outside pixel, in bin :math:`k` when :math:`D \in (kR/K, (k+1)R/K]`; outside it every map is 0.
+
+    .. math::
+        L_i = \frac{1}{P_i}\sum_n\sum_{k=1}^{K} \mathrm{BCE}(z_{nk}, b_{nk}).
+
+    Masks are recovered from a prediction with :func:`boundary_aware_masks` (union of disks). For several
+    classes or instances, apply it per mask (the paper applies it per object proposal). Defaults (our
+    choice; SPEC D.17 leaves R and K to the dataset): R = 5 pixels, K = 5, one bin per integer distance.
+    2D and 3D (balls). Ignored pixels carry no loss and count as outside the object when distances are
+    measured.
+
+    Reference: Hayder, He & Salzmann, "Boundary-aware Instance Segmentation", CVPR 2017.
+
+    Args:
+        logits: (B, K, H, W) or (B, K, D, H, W) scores of the K-bin head.
+        target: the binary mask, labels (B, *S) / (B, 1, *S) or a dense (B, 1, *S) mask.
+        max_distance: the truncation :math:`R` in pixels (a positive integer, default 5).
+        bins: the number of bins :math:`K`, 1 to ``max_distance`` (default 5); the logits' channels.
+        mode: None or "binary" (the only target kind: one binary mask).
+        ignore_index: label value whose pixels count for nothing.
+        backend, cache: as in :func:`boundary_loss`.
+        reduction: "mean" or "sum" over images, or "none" for (B,).
+
+    Returns:
+        A scalar, or (B,) for ``reduction="none"``.
+
+    Example:
+        >>> mask = torch.zeros(1, 9, 9, dtype=torch.long)
+        >>> mask[0, 2:7, 2:7] = 1
+        >>> perfect = 20.0 * (2 * boundary_aware_target(mask) - 1)
+        >>> boundary_aware_loss(perfect, mask).item() < 1e-6 < boundary_aware_loss(-perfect, mask).item()
+        True
+    """
+    prepared, per_pixel = _boundary_aware_terms(logits, target, max_distance, bins, mode, ignore_index, backend,
+                                                cache)
+    return reduce_images(prepared.image_mean(per_pixel), reduction)
+
+
+@register_loss("boundary_aware")
+class BoundaryAwareLoss(Loss):
+    """Module form of :func:`boundary_aware_loss`: logits from a K-channel distance-bin head, a binary mask
+    target; ``cache_target_maps=True`` keeps each target's bin maps (static targets).
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits, mask = torch.randn(2, 5, 8, 8), torch.randint(0, 2, (2, 8, 8))
+        >>> torch.allclose(BoundaryAwareLoss()(logits, mask), boundary_aware_loss(logits, mask))
+        True
+    """
+
+    modes = ("binary",)
+    has_per_pixel = True
+    function = staticmethod(boundary_aware_loss)
+    pixel_function = staticmethod(boundary_aware_loss_per_pixel)
+
+    def __init__(
+        self,
+        *,
+        max_distance: int = 5,
+        bins: int = 5,
+        mode: str | None = None,
+        ignore_index: int | None = None,
+        backend: str = "auto",
+        cache_target_maps: bool = False,
+        reduction: str = "mean",
+    ) -> None:
+        _check_bins(max_distance, bins)
+        check_type("cache_target_maps", cache_target_maps, bool)
+        super().__init__(
+            reduction, max_distance=max_distance, bins=bins, mode=mode, ignore_index=ignore_index,
+            backend=_check_backend(backend), cache=DistanceMapCache() if cache_target_maps else None,
+        )
+
+    def check_mode(self, logits: Tensor) -> str:
+        """The logits are the K-bin head (checked first); the target is a binary mask."""
+        _check_head(logits, self.options["bins"])
+        return "binary"
