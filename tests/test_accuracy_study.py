@@ -191,3 +191,16 @@ def test_tiny_grid_runs_skips_and_aggregates(study, schedule_file, tmp_path):
     assert (out_dir / "last.pt").is_file()
     assert not study.resumable(out_dir, study.cell_config(retuned, cell, out_dir))
     assert study.resumable(out_dir, study.cell_config(schedule, cell, out_dir))
+
+
+def test_a_changed_default_of_an_option_that_a_strategy_ignores_leaves_its_cells_finished(study):
+    def fingerprint(strategy, groups, kappa=1.0):
+        return {"config": {}, "envelope": {"pixel_strategy": strategy, "pixel_groups": groups, "kappa": kappa,
+                                           "pixel_fraction": 0.1, "top_fraction": 0.1}}
+
+    same = study.comparable_fingerprint
+    assert same(fingerprint("all", "class")) == same(fingerprint("all", "class_prediction"))
+    assert same(fingerprint("tk", "class", 1.0)) == same(fingerprint("tk", "image", 2.0))
+    assert same(fingerprint("bsigma", "class")) != same(fingerprint("bsigma", "class_prediction"))
+    assert same(fingerprint("bsigma", "class", 1.0)) != same(fingerprint("bsigma", "class", 2.0))
+    assert same({"config": {}, "envelope": None}) == {"config": {}, "envelope": None}

@@ -335,6 +335,21 @@ def _fingerprint(config: Any) -> dict[str, Any]:
     return json.loads(json.dumps({"config": values, "noise_parameters": noise, "envelope": envelope}, default=repr))
 
 
+# Envelope options that only one pixel strategy reads: a changed default of one of them must not make
+# the cells of the other strategies stale.
+_READ_ONLY_BY = {"pixel_groups": "bsigma", "kappa": "bsigma", "pixel_fraction": "tk"}
+
+
+def comparable_fingerprint(fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """A fingerprint less the envelope options that its pixel strategy ignores."""
+    envelope = fingerprint.get("envelope")
+    if not envelope:
+        return fingerprint
+    read = {key: value for key, value in envelope.items()
+            if _READ_ONLY_BY.get(key, envelope.get("pixel_strategy")) == envelope.get("pixel_strategy")}
+    return {**fingerprint, "envelope": read}
+
+
 def is_finished(out_dir: Path, config: Any) -> tuple[bool, str]:
     """Whether a cell's ``cell.json`` exists and was made by the same config and noise (else why not)."""
     path = out_dir / "cell.json"
@@ -342,8 +357,8 @@ def is_finished(out_dir: Path, config: Any) -> tuple[bool, str]:
         return False, "no cell.json"
     from seglosses.lab.config import config_diff
 
-    saved = json.loads(path.read_text(encoding="utf-8")).get("fingerprint") or {}
-    current = _fingerprint(config)
+    saved = comparable_fingerprint(json.loads(path.read_text(encoding="utf-8")).get("fingerprint") or {})
+    current = comparable_fingerprint(_fingerprint(config))
     if all(saved.get(key) == value for key, value in current.items()):  # (no "envelope" key: none)
         return True, "finished"
     differing = list(config_diff(saved.get("config", {}), current["config"])) if saved.get("config") else ["config"]

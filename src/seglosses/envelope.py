@@ -60,7 +60,7 @@ __all__ = [
 ]
 
 PIXEL_STRATEGIES: tuple[str, ...] = ("all", "tk", "bsigma")
-PIXEL_GROUPS: tuple[str, ...] = ("image", "class")
+PIXEL_GROUPS: tuple[str, ...] = ("image", "class", "class_prediction")
 IMAGE_STRATEGIES: tuple[str, ...] = ("erm", "atk", "atk_down")
 SMOOTHINGS: tuple[str, ...] = ("none", "sm", "sm_up")
 ALPHA_UNITS: tuple[str, ...] = ("index", "normalized")
@@ -598,7 +598,7 @@ class EnvelopeConfig:
     image_strategy: str | Callable[[float], Any] = "erm"
     smoothing: str | float | Callable[[float], float] = "none"
     pixel_strategy: str = "all"
-    pixel_groups: str = "class"
+    pixel_groups: str = "class_prediction"
     pixel_start_epoch: float = 1.0
     total_epochs: float | None = None
     first_selective_epoch: float = 2.0
@@ -687,6 +687,8 @@ ENVELOPE_PRESETS: dict[str, dict[str, Any]] = {
     "erm": {"image_strategy": "erm", "smoothing": "none", "pixel_strategy": "all"},
     "bsigma": {"image_strategy": "erm", "smoothing": "none", **_PAPER_BSIGMA},
     "bsigma_class": {"image_strategy": "erm", "smoothing": "none", "pixel_strategy": "bsigma", "pixel_groups": "class"},
+    "bsigma_class_prediction": {"image_strategy": "erm", "smoothing": "none", "pixel_strategy": "bsigma",
+                                "pixel_groups": "class_prediction"},
     "trimmed": {"image_strategy": "atk", "smoothing": "none", "pixel_strategy": "all", "top_fraction": 1.0,
                 "top_exclusion": 0.05},
     "atk": {"image_strategy": "atk", "smoothing": "none", "pixel_strategy": "all"},
@@ -922,12 +924,14 @@ class TopKBottomSigma(nn.Module):
         image_strategy: "erm" (default), "atk", "atk_down" or a callable, as above.
         smoothing: "none" (default), "sm", "sm_up", a number or a callable, as above.
         pixel_strategy: "all" (default), "tk" or "bsigma", SPEC A.3.
-        pixel_groups: where "bsigma" takes its mean and std (other strategies ignore it): over each
-            annotated class inside the image ("class", default, SPEC A.9: a missed small structure is
-            compared with itself, and at least :math:`\kappa^2/(1+\kappa^2)` of every class is kept) or
-            over the whole image
-            ("image", the paper's rule, which drops any missed structure smaller than
-            :math:`1/(1+\kappa^2)` of the image, and then never learns it).
+        pixel_groups: where "bsigma" takes its mean and std (other strategies ignore it): over the
+            pixels of each annotated class that share a predicted class, inside the image
+            ("class_prediction", default): a missed structure is compared with itself, and so is the
+            ring of background the model wrongly paints around an object, which the plain class rule
+            drops; over each annotated class inside the image ("class", SPEC A.9); or over the whole
+            image ("image", the paper's rule, which drops any missed structure smaller than
+            :math:`1/(1+\kappa^2)` of the image, and then never learns it). The grouped rules keep at
+            least :math:`\kappa^2/(1+\kappa^2)` of every group, hence of every class.
         pixel_start_epoch: pixel selection applies from this epoch on (all pixels before it) (1).
         total_epochs: :math:`E`, where "atk_down" and "sm_up" end (required by them).
         first_selective_epoch: :math:`e_s` (2).
@@ -1249,6 +1253,16 @@ class TopKBottomSigma(nn.Module):
         labels = target[:, 0] if target.ndim == logits.ndim else target
         return labels.long().clamp(0, count - 1)
 
+    def _predicted_groups(self, logits: Tensor) -> Tensor:
+        """(B, *S) int64 predicted class of every pixel, numbered as :meth:`_pixel_groups` numbers labels."""
+        mode = infer_mode(logits.shape[1], self.base_loss.mode)
+        if mode == "multiclass":
+            return logits.argmax(dim=1)
+        if mode == "binary":
+            return (logits[:, 0] > 0).long()
+        positive = logits > 0
+        return torch.where(positive.any(dim=1), positive.to(torch.uint8).argmax(dim=1) + 1, 0)
+
     def _head_losses(self, logits: Tensor, target: Any, strategy: str, base_with_grad: bool = False) -> _HeadResult:
         """The pixel level of one head (see :class:`_HeadResult`)."""
         base, cfg = self.base_loss, self.config
@@ -1270,10 +1284,15 @@ class TopKBottomSigma(nn.Module):
             valid = prepare(logits.detach(), target, mode=base.mode, ignore_index=base.ignore_index).valid_bool()
         ranked = per_pixel.detach() if rank_values is None else rank_values
         groups = None if strategy == "all" else self._pixel_groups(logits, target)
-        rule_groups = groups if strategy == "bsigma" and cfg.pixel_groups == "class" else None
         num_groups = self._num_groups(logits)
+        rule_groups, rule_count = None, num_groups
+        if strategy == "bsigma" and cfg.pixel_groups == "class":
+            rule_groups = groups
+        elif strategy == "bsigma" and cfg.pixel_groups == "class_prediction" and groups is not None:
+            rule_groups = groups * num_groups + self._predicted_groups(logits.detach())
+            rule_count = num_groups * num_groups
         image_losses, keep, kept = _select(per_pixel, valid, strategy, cfg.pixel_fraction, cfg.kappa, ranked,
-                                           rule_groups, num_groups)
+                                           rule_groups, rule_count)
         counted = float(per_pixel[0].numel()) if valid is None else valid.flatten(1).sum(dim=1).clamp_min(1)
         kept_fraction = kept / counted if keep is not None else torch.ones_like(image_losses.detach())
         source = per_pixel if base_with_grad else per_pixel.detach()
