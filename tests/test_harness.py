@@ -97,6 +97,7 @@ FUNCTION_OF_MODULE: dict[str, str] = {
     "TopKDiceLoss": "topk_dice_loss",
     "BoundaryDoULoss": "boundary_dou_loss",
     "ClDiceLoss": "cldice_loss",
+    "InverseFormLoss": "inverseform_loss",
 }
 
 # Losses that by definition do not see a class absent from the target (its distance map is 0), with the
@@ -121,6 +122,14 @@ def _declared_modes(cls: type) -> tuple[str, ...]:
     if isinstance(modes, property):
         modes = cls(**REQUIRED_ARGUMENTS.get(cls.registry_name, {})).modes
     return tuple(modes)
+
+
+def _declared_spatial_dims(cls: type) -> tuple[int, ...]:
+    """The spatial dims of a loss class (read from an instance for a sum of terms, whose terms decide)."""
+    spatial_dims = cls.spatial_dims
+    if isinstance(spatial_dims, property):
+        spatial_dims = cls(**REQUIRED_ARGUMENTS.get(cls.registry_name, {})).spatial_dims
+    return tuple(spatial_dims)
 
 
 @dataclass(frozen=True)
@@ -150,10 +159,12 @@ class Case:
 
 
 def _cases(spatial_dims: tuple[int, ...] = (2, 3)) -> list[Case]:
+    """Every loss x the spatial dims it declares (``spatial_dims``; 2D-only losses skip 3D) x its modes."""
     return [
         Case(name, dims, mode)
         for name in list_losses()
         for dims in spatial_dims
+        if dims in _declared_spatial_dims(loss_class(name))
         for mode in _declared_modes(loss_class(name))
     ]
 
@@ -298,6 +309,8 @@ def test_class_contract(name: str) -> None:
     assert cls.registry_name == name
     assert isinstance(cls.modes, tuple), f"{cls.__name__}.modes must be a class-level tuple, got {cls.modes!r}"
     assert cls.modes and set(cls.modes) <= set(MODES)
+    spatial_dims = _declared_spatial_dims(cls)
+    assert spatial_dims and set(spatial_dims) <= {2, 3}, f"{cls.__name__}.spatial_dims is {spatial_dims!r}"
     assert isinstance(cls.has_per_pixel, bool), f"{cls.__name__}.has_per_pixel must be a class-level bool"
     assert accepts(name, "reduction"), f"{cls.__name__} must take `reduction`"
     loss = create_loss(name, **REQUIRED_ARGUMENTS.get(name, {}))
@@ -691,6 +704,18 @@ def test_unsupported_mode_is_refused(name: str, device: torch.device) -> None:
     for mode in unsupported:
         case = Case(name, 2, mode)
         with pytest.raises((ValueError, TypeError), match="`mode`"):
+            build(case)(random_logits(case, device), random_target(case, device))
+
+
+@loss_names
+def test_unsupported_spatial_dims_are_refused(name: str, device: torch.device) -> None:
+    """A 2D-only (or 3D-only) loss refuses the other input with a ValueError naming `logits`."""
+    unsupported = [dims for dims in (2, 3) if dims not in _declared_spatial_dims(loss_class(name))]
+    if not unsupported:
+        pytest.skip(f"{name} supports 2D and 3D")
+    for dims in unsupported:
+        case = Case(name, dims, _declared_modes(loss_class(name))[0])
+        with pytest.raises(ValueError, match="`logits`"):
             build(case)(random_logits(case, device), random_target(case, device))
 
 
