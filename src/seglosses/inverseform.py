@@ -149,22 +149,32 @@ def _checkpoint_state() -> dict[str, Tensor]:
     return torch.load(CHECKPOINT, map_location="cpu", weights_only=True)
 
 
-@functools.lru_cache(maxsize=8)
+# One frozen copy per (device, dtype), filled on first use; a plain dict, so that torch.compile looks it up
+# instead of tracing the loading.
+_NETWORKS: dict[tuple[torch.device, torch.dtype], InverseTransformNet] = {}
+
+
 def inverse_transform_net(device: torch.device | str = "cpu",
                           dtype: torch.dtype = torch.float32) -> InverseTransformNet:
     """The shipped network, frozen (no gradient, eval mode), on ``device`` in ``dtype``; one copy per pair.
 
-    Loaded with ``torch.load(weights_only=True)`` (a state dict of tensors, nothing executed).
+    Loaded with ``torch.load(weights_only=True)`` (a state dict of tensors, nothing executed). The loss
+    compiles as one graph (``torch.compile(..., fullgraph=True)``) once the copy for its device and dtype
+    exists: call it once eagerly, or this function, before compiling.
 
     Example:
         >>> net = inverse_transform_net()
         >>> net.training, any(p.requires_grad for p in net.parameters())
         (False, False)
     """
-    net = InverseTransformNet()
-    net.load_state_dict(_checkpoint_state())
-    net.requires_grad_(False)
-    return net.eval().to(device=torch.device(device), dtype=dtype)
+    key = (torch.device(device), dtype)
+    net = _NETWORKS.get(key)
+    if net is None:
+        net = InverseTransformNet()
+        net.load_state_dict(_checkpoint_state())
+        net.requires_grad_(False)
+        net = _NETWORKS.setdefault(key, net.eval().to(device=key[0], dtype=dtype))
+    return net
 
 
 def training_record() -> dict:
@@ -232,18 +242,17 @@ def inverseform_distance(logits: Tensor, target: Tensor, *, include_background: 
         fail("logits", "of shape (B, C, H, W): InverseForm is 2D only", f"shape {tuple(logits.shape)}")
     prepared = prepare(logits, target, mode=mode, ignore_index=ignore_index)
     check_type("include_background", include_background, bool)
-    weights = class_average_weights(prepared, include_background or prepared.mode != "multiclass", class_weights)
-    scored = weights > 0
-    classes = int(scored.sum())
-    if classes == 0:  # every class weighted 0
-        return prepared.logits.new_zeros(logits.shape[0])
+    scores_background = include_background or prepared.mode != "multiclass"
+    weights = class_average_weights(prepared, scores_background, class_weights)
+    # Channels chosen from the options alone (no look at the weights' values: no host sync, one graph).
+    first = 0 if scores_background else 1
     with torch.autocast(prepared.logits.device.type, enabled=False):  # the frozen network runs in float32/64
-        predicted = soft_boundary(prepared.probs()[:, scored], prepared.valid)
-        truth = soft_boundary(prepared.target[:, scored], prepared.valid)
+        predicted = soft_boundary(prepared.probs()[:, first:], prepared.valid)
+        truth = soft_boundary(prepared.target[:, first:], prepared.valid)
         net = inverse_transform_net(prepared.logits.device, prepared.logits.dtype)
         parameters = net(_tiles(predicted, net.tile_size), _tiles(truth, net.tile_size))
-    per_class = torch.linalg.vector_norm(parameters, dim=1).view(logits.shape[0], classes, -1).mean(dim=2)
-    return (per_class * weights[scored]).sum(dim=1)
+    per_class = torch.linalg.vector_norm(parameters, dim=1).view(*predicted.shape[:2], -1).mean(dim=2)
+    return (per_class * weights[first:]).sum(dim=1)
 
 
 def inverseform_loss(
