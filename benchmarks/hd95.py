@@ -358,7 +358,7 @@ def main() -> None:
             "repeats": args.repeats,
             "warmup": 2,
             "threads": args.threads,
-            "inputs": "seglosses: int64 label maps (B, *S); MONAI: float32 one-hot (B, 2, *S) built outside "
+            "inputs": "seglosses: int64 label maps (B, *S); MONAI: float32 one-hot (B, C, *S) built outside "
             "the timed region; include_background=False; unit spacing (voxels)",
             "dtype": "int64 labels; float64 distances (seglosses), float32 (MONAI)",
         },
