@@ -20,7 +20,17 @@ from seglosses._checks import value_checks_enabled
 # Losses that cannot be one graph, and why: their distance maps are computed outside torch.
 NOT_COMPILABLE: dict[str, str] = {
     name: "its distance maps come from scipy's exact transform on the host (numpy), outside any graph"
-    for name in ("boundary", "hausdorff_dt", "distance_map_ce", "region_wise")
+    for name in ("boundary", "hausdorff_dt", "distance_map_ce", "region_wise", "active_boundary",
+                 "boundary_aware")
+}
+# Options for losses whose defaults do not fit these tiny inputs.
+TINY_INPUT_OPTIONS: dict[str, dict] = {
+    "rmi": {"downsample": 1},  # 4x pooling of a 6x7 image leaves no 3x3 neighbourhood
+}
+# Inputs beyond (logits, labels) that a loss needs.
+EXTRA_INPUTS = {
+    "conditional_boundary": lambda logits: {"features": torch.linspace(-1, 1, 4 * 6 * 7, dtype=logits.dtype)
+                                            .view(1, 4, 6, 7).expand(2, 4, 6, 7)},
 }
 # One loss per family for the backward trace (aot_eager): pixel, region, compound.
 BACKWARD_TRACED = ("cross_entropy", "dice", "dice_ce")
@@ -35,14 +45,15 @@ def _inputs(seed: int = 0):
 
 def _compiled_matches_eager(name: str, backend: str) -> None:
     torch._dynamo.reset()
-    loss = create_loss(name)
+    loss = create_loss(name, **TINY_INPUT_OPTIONS.get(name, {}))
     logits, labels = _inputs()
     eager_logits = logits.clone().requires_grad_()
     compiled_logits = logits.clone().requires_grad_()
-    expected = loss(eager_logits, labels)
+    inputs = EXTRA_INPUTS[name](logits) if name in EXTRA_INPUTS else {}
+    expected = loss(eager_logits, labels, **inputs)
     expected.backward()
     compiled = torch.compile(loss, fullgraph=True, backend=backend)
-    value = compiled(compiled_logits, labels)
+    value = compiled(compiled_logits, labels, **inputs)
     value.backward()
     torch.testing.assert_close(value, expected)
     torch.testing.assert_close(compiled_logits.grad, eager_logits.grad)

@@ -87,6 +87,8 @@ __all__ = [
 class _NamedSum(Weighted):
     """A named weighted sum whose terms are built from its options, stored like any loss's options."""
 
+    spatial_dims = (2, 3)  # its terms are 2D and 3D losses (a class attribute, unlike Weighted's property)
+
     def __init__(self, terms: Sequence[tuple[float, Loss]], reduction: str, **options) -> None:
         check_shared_options(type(self).__name__, type(self).modes, options)
         super().__init__(terms, reduction)
