@@ -10,11 +10,12 @@ Hausdorff-DT loss). All three work on any number of leading (batch, class) dimen
 numpy-vectorised Felzenszwalb-Huttenlocher transform was tried and measured 2-3x slower than SciPy's C
 kernel, so the CPU path reuses it, on the bounding box of the mask widened by one voxel (which holds
 every voxel's nearest zero), and forms the distances from it with less memory traffic than
-``distance_transform_edt`` (the same float64 operations, so the same numbers). ``"torch"`` is pure torch for accelerators: an exact separable transform, a linear
-scan along the first axis (distance to the nearest zero on the line, by running maxima and minima)
-followed, along each further axis, by the exact min-plus convolution with the parabola
-:math:`s^2 (j - k)^2`, computed in chunks of lines. Both give the same values (to float32 rounding).
-``"auto"`` takes ``"scipy"`` for CPU tensors and ``"torch"`` otherwise.
+``distance_transform_edt`` (the same float64 operations, so the same numbers). ``"torch"`` is pure
+torch for accelerators: an exact separable transform, a linear scan along the first axis (distance to
+the nearest zero on the line, by running maxima and minima) followed, along each further axis, by the
+exact min-plus convolution with the parabola :math:`s^2 (j - k)^2`, computed in chunks of lines. Both
+give the same values (to float32 rounding). ``"auto"`` takes ``"scipy"`` for CPU tensors and
+``"torch"`` otherwise.
 
 **Masks without a zero voxel** have no distance: :func:`distance_transform` returns ``inf`` there
 (SciPy's output is undefined for them). :func:`signed_distance` and :func:`boundary_distance` return
