@@ -197,6 +197,13 @@ def without_value_checks(loss: LossFunction) -> LossFunction:
     return unchecked
 
 
+# Registered losses that do not take (class-score logits, labels) alone, so this table cannot time them.
+NOT_ON_CLASS_SCORES = {
+    "boundary_aware": "its logits are a K-bin distance head, not class scores",
+    "conditional_boundary": "it also takes decoder features",
+}
+
+
 def benchmark_shape(
     shape: tuple[int, ...], names: list[str], device: torch.device, repeats: int, warmup: int
 ) -> list[Row]:
@@ -206,6 +213,8 @@ def benchmark_shape(
     targets = {"labels": labels, "channel": labels.unsqueeze(1)}
     rows = []
     for name in names:
+        if len(shape) - 2 not in seglosses.loss_class(name).spatial_dims or name in NOT_ON_CLASS_SCORES:
+            continue
         ours = seglosses.create_loss(name)
         peer = PEERS.get(name)
         contenders: list[tuple[LossFunction, torch.Tensor]] = [(ours, labels), (without_value_checks(ours), labels)]

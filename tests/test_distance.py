@@ -38,6 +38,29 @@ def test_matches_scipy_with_spacing(backend, shape, spacing, device):
     np.testing.assert_allclose(got.cpu().numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("spacing", [None, (1.9, 0.7, 1.3)])
+def test_scipy_backend_gives_scipys_numbers_exactly(spacing):
+    """The scipy backend works on the mask's bounding box widened by one voxel and forms the distances
+    itself: bit for bit scipy's (after the float32 cast), for foregrounds away from the image border,
+    touching it, a single voxel, dense noise, and in 1D, 2D and 3D."""
+    rng = np.random.default_rng(3)
+    masks = np.zeros((6, 12, 10, 9), dtype=bool)
+    masks[0, 4:7, 3:6, 2:5] = True  # a small box inside the image
+    masks[1, :5, 6:, 3:] = True  # touching three borders
+    masks[2, 5, 5, 5] = True
+    masks[3] = rng.random((12, 10, 9)) < 0.7
+    masks[4] = ndimage.gaussian_filter(rng.standard_normal((12, 10, 9)), 1.5) > 0.3
+    masks[5] = True
+    masks[5, 0, 0, 0] = False  # nearly full: the box is the whole image
+    for spatial_dims in (3, 2, 1):
+        sampling = None if spacing is None else spacing[:spatial_dims]
+        flat = masks.reshape(-1, *masks.shape[masks.ndim - spatial_dims :])
+        keep = [index for index, mask in enumerate(flat) if not mask.all()]  # all-True masks give inf
+        got = distance_transform(torch.from_numpy(flat[keep]), sampling, spatial_dims=spatial_dims, backend="scipy")
+        expected = _scipy(flat[keep], sampling, spatial_dims).astype(np.float32)
+        np.testing.assert_array_equal(got.numpy(), expected)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_sparse_zeros_and_long_lines(backend):
     """Few zero voxels: distances span the image, every envelope segment is exercised."""

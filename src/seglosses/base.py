@@ -169,7 +169,8 @@ def check_shared_options(loss_name: str, modes: Any, options: dict[str, Any]) ->
 class Loss(nn.Module):
     """Base class: configuration plus the three granularities of the loss contract.
 
-    Subclasses set ``modes`` (the modes they support), ``has_per_pixel`` and their family's
+    Subclasses set ``modes`` (the modes they support), ``spatial_dims`` (2 and 3 unless the loss is 2D
+    or 3D only), ``has_per_pixel`` and their family's
     ``function`` (and ``pixel_function``), and store their options in ``self.options``; the three
     granularities then call those functions. A subclass may instead override the methods.
 
@@ -189,6 +190,8 @@ class Loss(nn.Module):
     """
 
     modes: ClassVar[tuple[str, ...]] = MODES
+    # The numbers of spatial dimensions the loss is defined for (2D: (B, C, H, W); 3D: (B, C, D, H, W)).
+    spatial_dims: ClassVar[tuple[int, ...]] = (2, 3)
     has_per_pixel: ClassVar[bool] = False
     # The family's functions: function(logits, target, **options, reduction) and
     # pixel_function(logits, target, **options) -> (B, *S); set with staticmethod(...).
@@ -222,6 +225,10 @@ class Loss(nn.Module):
     def check_mode(self, logits: Tensor) -> str:
         """The mode for these logits (checked first), refusing modes this loss does not support."""
         check_logits(logits)
+        if logits.ndim - 2 not in self.spatial_dims:
+            shapes = {2: "(B, C, H, W)", 3: "(B, C, D, H, W)"}
+            fail("logits", f"of shape {' or '.join(shapes[d] for d in self.spatial_dims)} for {type(self).__name__}",
+                 f"shape {tuple(logits.shape)}")
         mode = infer_mode(logits.shape[1], self.mode)
         if mode not in self.modes:
             fail("mode", f"one of {list(self.modes)} for {type(self).__name__}", repr(mode))
@@ -353,6 +360,10 @@ class Weighted(Loss):
     @property
     def modes(self) -> tuple[str, ...]:  # type: ignore[override]
         return tuple(m for m in self.losses[0].modes if all(m in loss.modes for loss in self.losses))
+
+    @property
+    def spatial_dims(self) -> tuple[int, ...]:  # type: ignore[override]
+        return tuple(d for d in self.losses[0].spatial_dims if all(d in loss.spatial_dims for loss in self.losses))
 
     @property
     def ignore_index(self) -> int | None:

@@ -87,6 +87,8 @@ __all__ = [
 class _NamedSum(Weighted):
     """A named weighted sum whose terms are built from its options, stored like any loss's options."""
 
+    spatial_dims = (2, 3)  # its terms are 2D and 3D losses (a class attribute, unlike Weighted's property)
+
     def __init__(self, terms: Sequence[tuple[float, Loss]], reduction: str, **options) -> None:
         check_shared_options(type(self).__name__, type(self).modes, options)
         super().__init__(terms, reduction)
@@ -1234,6 +1236,21 @@ def _tie_breaking_noise(spatial: tuple[int, ...], seed: int, device: torch.devic
     return noise.flatten().to(device=device, dtype=dtype)
 
 
+# torch.compile cannot trace the torch.Generator that draws the map, so inside a compiled graph the
+# map comes from this opaque operator: the graph stays whole and the numbers stay those of eager mode.
+@torch.library.custom_op("seglosses::topk_dice_tie_breaking_noise", mutates_args=())
+def _tie_breaking_noise_op(spatial: list[int], seed: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    return _tie_breaking_noise(tuple(spatial), seed, device, dtype).clone()  # an operator returns fresh memory
+
+
+@_tie_breaking_noise_op.register_fake
+def _(spatial: list[int], seed: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    numel = 1
+    for size in spatial:
+        numel *= size
+    return torch.empty(numel, device=device, dtype=dtype)
+
+
 def _excluded_pixels(scores: Tensor, excluded_count: Tensor, exclusion: str) -> Tensor:
     """(B, C, P) mask of the well-classified pixels to exclude, from one sort of the (detached) scores."""
     ordered, order = scores.sort(dim=2, descending=True, stable=True)
@@ -1311,7 +1328,11 @@ def topk_dice_loss(
     batch, num_classes = prepared.logits.shape[:2]
     probs = prepared.mask(prepared.probs()).reshape(batch, num_classes, -1)
     target = prepared.target.reshape(batch, num_classes, -1)
-    noise = _tie_breaking_noise(tuple(prepared.logits.shape[2:]), noise_seed, probs.device, probs.dtype)
+    spatial = tuple(prepared.logits.shape[2:])
+    if torch.compiler.is_compiling():
+        noise = _tie_breaking_noise_op(list(spatial), noise_seed, probs.device, probs.dtype)
+    else:
+        noise = _tie_breaking_noise(spatial, noise_seed, probs.device, probs.dtype)
 
     foreground = target.sum(dim=2)
     excluded_count = torch.floor(foreground * (100.0 - k_percent) / 100.0)  # exact for integer counts
