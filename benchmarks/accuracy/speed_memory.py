@@ -168,13 +168,16 @@ def benchmark(name: str, implementations: list[str], shape: tuple[int, ...], dev
     for _ in range(warmup):
         for function, target in contenders:
             speed.time_step(function, logits, target, device)
+    # A slow loss (seconds per step) gets fewer repeats: about 20 s of timing per loss and shape at most.
+    slowest = max(speed.time_step(function, logits, target, device) for function, target in contenders)
+    repeats = min(repeats, max(3, int(20_000 / (slowest * len(contenders)))))
     timings: list[list[float]] = [[] for _ in contenders]
     for repeat in range(repeats):
         for position in range(len(contenders)):
             index = (position + repeat) % len(contenders)
             function, target = contenders[index]
             timings[index].append(speed.time_step(function, logits, target, device))
-    record = {"loss": name, "shape": list(shape), "implementations": implementations,
+    record = {"loss": name, "shape": list(shape), "implementations": implementations, "repeats": repeats,
               "ms": [statistics.median(times) for times in timings]}
     if len(contenders) > 1:
         record["paired_ratio"] = speed.paired_ratio(timings[1], timings[0])
