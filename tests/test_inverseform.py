@@ -286,6 +286,8 @@ def test_three_dimensional_input_is_refused() -> None:
         ({"lambda_inverseform": math.nan}, "lambda_inverseform", ValueError),
         ({"lambda_inverseform": "0.3"}, "lambda_inverseform", TypeError),
         ({"include_background": 1}, "include_background", TypeError),
+        ({"downsample": 0}, "downsample", ValueError),
+        ({"downsample": 2.0}, "downsample", TypeError),
     ],
 )
 def test_bad_options_name_the_argument(options: dict, argument: str, error: type) -> None:
@@ -303,3 +305,32 @@ def test_runs_on_the_device_of_the_logits(device: torch.device) -> None:
     value.backward()
     assert value.device.type == device.type and torch.isfinite(logits.grad).all()
     torch.testing.assert_close(value.cpu(), inverseform_loss(logits.detach().cpu(), labels), rtol=1e-4, atol=1e-5)
+
+
+def test_downsample_averages_before_the_boundary_maps() -> None:
+    """downsample=2: the network sees the boundary maps of the 2 x 2 cell averages (an explicit re-computation),
+    a perfect prediction still gives 0 and a shift of 4 pixels (2 cells) costs more than one of 2."""
+    labels, perfect = _scene(64)
+    logits = perfect.roll(4, dims=-1)
+    probs = F.avg_pool2d(logits.softmax(dim=1)[:, 1:], 2)
+    dense = F.avg_pool2d(F.one_hot(labels, 3).movedim(-1, 1).float()[:, 1:], 2)
+    net = _net()
+    with torch.no_grad():
+        # 32 x 32 after pooling: one tile per class
+        norms = net(soft_boundary(probs).view(2, 1, 32, 32), soft_boundary(dense).view(2, 1, 32, 32)).norm(dim=1)
+    expected = norms.mean()
+    torch.testing.assert_close(inverseform_distance(logits, labels, downsample=2), expected.view(1))
+    assert inverseform_distance(perfect, labels, downsample=2).item() < 1e-6
+    assert inverseform_distance(perfect.roll(2, dims=-1), labels, downsample=2) < inverseform_distance(
+        logits, labels, downsample=2
+    )
+
+
+def test_downsample_keeps_ignored_pixels_out() -> None:
+    logits, labels, ignored = _random_case(3)
+    logits, labels, ignored = (t.repeat_interleave(3, dim=-1) for t in (logits, labels, ignored))
+    changed = logits.clone()
+    mask = ignored.unsqueeze(1).expand_as(logits)
+    changed[mask] = -logits[mask] + 5.0
+    torch.testing.assert_close(inverseform_distance(changed, labels, ignore_index=255, downsample=2),
+                               inverseform_distance(logits, labels, ignore_index=255, downsample=2))

@@ -213,6 +213,13 @@ def soft_boundary(probs: Tensor, valid: Tensor | None = None) -> Tensor:
 # --------------------------------------------------------------------------- the loss
 
 
+def _check_downsample(downsample: int) -> int:
+    check_type("downsample", downsample, int)
+    if downsample < 1:
+        fail("downsample", "a positive int", downsample)
+    return downsample
+
+
 def _tiles(maps: Tensor, tile_size: int) -> Tensor:
     """(B, K, H, W) maps zero-padded to whole tiles -> (B * K * tiles, 1, T, T), image-major."""
     batch, channels, height, width = maps.shape
@@ -222,9 +229,22 @@ def _tiles(maps: Tensor, tile_size: int) -> Tensor:
     return tiles.reshape(-1, 1, tile_size, tile_size)
 
 
+def _pooled(maps: Tensor, valid: Tensor | None, factor: int) -> tuple[Tensor, Tensor | None]:
+    """(B, K, H, W) maps averaged over the counted pixels of each ``factor`` x ``factor`` cell (the last cells
+    may be partial), and the fraction of each cell that is counted ((B, H', W'); None when nothing is ignored)."""
+    if factor == 1:
+        return maps, valid
+    if valid is None:
+        return F.avg_pool2d(maps, factor, ceil_mode=True), None
+    weight = valid.unsqueeze(1).to(maps.dtype)
+    counted = F.avg_pool2d(weight, factor, ceil_mode=True)
+    pooled = F.avg_pool2d(maps * weight, factor, ceil_mode=True) / counted.clamp_min(1e-12)
+    return pooled, counted[:, 0]
+
+
 def inverseform_distance(logits: Tensor, target: Tensor, *, include_background: bool = False,
                          class_weights: Sequence[float] | Tensor | None = None, mode: str | None = None,
-                         ignore_index: int | None = None) -> Tensor:
+                         ignore_index: int | None = None, downsample: int = 1) -> Tensor:
     r"""The InverseForm term per image, (B,): the mean over tiles of :math:`\lVert f(\hat b, b)\rVert_2`,
     averaged over the scored classes; see :func:`inverseform_loss`.
 
@@ -242,13 +262,15 @@ def inverseform_distance(logits: Tensor, target: Tensor, *, include_background: 
         fail("logits", "of shape (B, C, H, W): InverseForm is 2D only", f"shape {tuple(logits.shape)}")
     prepared = prepare(logits, target, mode=mode, ignore_index=ignore_index)
     check_type("include_background", include_background, bool)
+    downsample = _check_downsample(downsample)
     scores_background = include_background or prepared.mode != "multiclass"
     weights = class_average_weights(prepared, scores_background, class_weights)
     # Channels chosen from the options alone (no look at the weights' values: no host sync, one graph).
     first = 0 if scores_background else 1
     with torch.autocast(prepared.logits.device.type, enabled=False):  # the frozen network runs in float32/64
-        predicted = soft_boundary(prepared.probs()[:, first:], prepared.valid)
-        truth = soft_boundary(prepared.target[:, first:], prepared.valid)
+        probs, valid = _pooled(prepared.probs()[:, first:], prepared.valid, downsample)
+        dense, _ = _pooled(prepared.target[:, first:], prepared.valid, downsample)
+        predicted, truth = soft_boundary(probs, valid), soft_boundary(dense, valid)
         net = inverse_transform_net(prepared.logits.device, prepared.logits.dtype)
         parameters = net(_tiles(predicted, net.tile_size), _tiles(truth, net.tile_size))
     per_class = torch.linalg.vector_norm(parameters, dim=1).view(*predicted.shape[:2], -1).mean(dim=2)
@@ -265,6 +287,7 @@ def inverseform_loss(
     class_weights: Sequence[float] | Tensor | None = None,
     mode: str | None = None,
     ignore_index: int | None = None,
+    downsample: int = 1,
     reduction: str = "mean",
 ) -> Tensor:
     r"""InverseForm loss: cross-entropy plus the distance from identity of the affine transformation that a
@@ -303,6 +326,9 @@ def inverseform_loss(
         class_weights: (C,) weights of the cross-entropy and of the class average of the InverseForm term.
         mode, ignore_index, reduction: as in :func:`~seglosses.pixel.cross_entropy`; ignored pixels carry
             no boundary.
+        downsample: average the probabilities and the target over ``downsample`` x ``downsample`` cells
+            (over their counted pixels) before the boundary maps, as the paper resizes before tiling: the
+            term costs about 1 / downsample^2 as much, and each tile covers a larger area (default 1).
 
     Returns:
         A scalar, or (B,) for ``reduction="none"``.
@@ -318,7 +344,8 @@ def inverseform_loss(
     lambda_ce = check_number("lambda_ce", lambda_ce, low=0.0)
     lambda_inverseform = check_number("lambda_inverseform", lambda_inverseform, low=0.0)
     distance = inverseform_distance(logits, target, include_background=include_background,
-                                    class_weights=class_weights, mode=mode, ignore_index=ignore_index)
+                                    class_weights=class_weights, mode=mode, ignore_index=ignore_index,
+                                    downsample=downsample)
     per_image = lambda_inverseform * distance
     if lambda_ce > 0:
         per_image = per_image + lambda_ce * cross_entropy(logits, target, mode=mode, class_weights=class_weights,
@@ -350,10 +377,12 @@ class InverseFormLoss(Loss):
         class_weights: Sequence[float] | Tensor | None = None,
         mode: str | None = None,
         ignore_index: int | None = None,
+        downsample: int = 1,
         reduction: str = "mean",
     ) -> None:
         check_number("lambda_ce", lambda_ce, low=0.0)
         check_number("lambda_inverseform", lambda_inverseform, low=0.0)
+        _check_downsample(downsample)
         super().__init__(reduction, lambda_ce=lambda_ce, lambda_inverseform=lambda_inverseform,
                          include_background=include_background, class_weights=class_weights, mode=mode,
-                         ignore_index=ignore_index)
+                         ignore_index=ignore_index, downsample=downsample)
