@@ -229,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1)")
     parser.add_argument("--losses", default="*", help="shell pattern over registered loss names")
+    parser.add_argument("--peers-only", action="store_true", help="only the losses that have a peer")
     parser.add_argument("--presets", default=",".join(ENVELOPE_PRESETS), help="envelope presets, comma-separated")
     parser.add_argument("--out-dir", default=str(RESULTS_DIR))
     parser.add_argument("--note", default="")
@@ -247,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         repeats = args.repeats or (2 if args.quick else 15 if len(shape) == 4 else 5)
         table_peers = BINARY_PEERS if shape[1] == 1 else speed.PEERS
         for name in seglosses.list_losses(args.losses):
+            if args.peers_only and name not in table_peers:
+                continue
             implementations = ["ours", "peer"] if name in table_peers else ["ours"]
             if name in table_peers:
                 peers[name + "x".join(map(str, shape))] = table_peers[name].name
