@@ -73,7 +73,7 @@ def _kornia_lovasz_hinge() -> LossFunction:
     return lovasz_hinge_loss
 
 
-# Binary peers take the (B, 1, *S) float target: MONAI's sigmoid forms, torch's BCE, kornia's hinge.
+# Binary peers take the (B, 1, *S) float target (MONAI's sigmoid forms, torch's BCE) or the labels (kornia).
 BINARY_PEERS: dict[str, speed.Peer] = {
     "dice": speed.Peer("monai DiceLoss(sigmoid, squared_pred)", _monai_sigmoid("DiceLoss", squared_pred=True),
                        "channel_float", "equal"),
@@ -87,7 +87,7 @@ BINARY_PEERS: dict[str, speed.Peer] = {
     "iou": speed.Peer("monai DiceLoss(sigmoid, jaccard)", _monai_sigmoid("DiceLoss", jaccard=True), "channel_float",
                       "equal up to eps placement"),
     "cross_entropy": speed.Peer("torch binary_cross_entropy_with_logits", lambda: _bce, "channel_float", "equal"),
-    "lovasz": speed.Peer("kornia lovasz_hinge_loss", _kornia_lovasz_hinge, "channel_float", "hinge on logits"),
+    "lovasz": speed.Peer("kornia lovasz_hinge_loss", _kornia_lovasz_hinge, "labels", "hinge on logits"),
 }
 
 
