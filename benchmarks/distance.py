@@ -6,7 +6,8 @@ after a warm-up, median of ``--repeats``:
 
 - ``scipy``: ``scipy.ndimage.distance_transform_edt`` called on each mask of the batch (the peer);
 - ``seglosses``: ``distance_transform(masks, spatial_dims=d)`` (backend "auto" = "scipy" on CPU: SciPy's
-  exact kernel on every mask, float32 output; parity is the expected result);
+  exact feature transform on each mask's bounding box widened by one voxel, the distances formed from
+  it without SciPy's full-size index grid; float32 output, SciPy's numbers);
 - ``seglosses_torch`` (with ``--with-torch``): the pure-torch backend on CPU, meant for accelerators
   (its exact min-plus pass is quadratic per line, so it is slow on a CPU), for information.
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from scipy import ndimage
 
+from seglosses import distance as distance_module
 from seglosses.distance import DistanceMaps, boundary_distance, distance_transform, signed_distance
 
 BACKENDS = ["scipy", "torch"]
@@ -36,6 +37,40 @@ def test_matches_scipy_with_spacing(backend, shape, spacing, device):
     got = distance_transform(torch.from_numpy(masks).to(device), spacing, spatial_dims=spatial_dims, backend=backend)
     assert got.device.type == device.type and got.dtype == torch.float32
     np.testing.assert_allclose(got.cpu().numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("sparse_fraction", [None, 1.0], ids=["default", "always-sparse"])
+@pytest.mark.parametrize("spacing", [None, (1.9, 0.7, 1.3)])
+def test_scipy_backend_gives_scipys_numbers_exactly(spacing, sparse_fraction, monkeypatch):
+    """The scipy backend works on the mask's bounding box widened by one voxel, settles the voxels next
+    to a zero first when the mask is sparse in that box (then transforms only around the others), and
+    forms the distances itself: bit for bit scipy's (after the float32 cast), for foregrounds away
+    from the image border, touching it, a single voxel, dense noise, specks around two balls, and
+    in 1D, 2D and 3D."""
+    if sparse_fraction is not None:
+        monkeypatch.setattr(distance_module, "SPARSE_FRACTION", sparse_fraction)
+    rng = np.random.default_rng(3)
+    shape = (16, 14, 13)
+    grid = np.indices(shape)
+    masks = np.zeros((8, *shape), dtype=bool)
+    masks[0, 4:7, 3:6, 2:5] = True  # a small box inside the image
+    masks[1, :5, 6:, 3:] = True  # touching three borders
+    masks[2, 5, 5, 5] = True
+    masks[3] = rng.random(shape) < 0.7
+    masks[4] = ndimage.gaussian_filter(rng.standard_normal(shape), 1.5) > 0.3
+    masks[5] = True
+    masks[5, 0, 0, 0] = False  # nearly full: the box is the whole image
+    for index, centres in ((6, [(3, 3, 3), (12, 10, 9)]), (7, [(7, 7, 6)])):  # balls (deep voxels) and specks
+        for centre in centres:
+            masks[index] |= ((grid - np.reshape(centre, (3, 1, 1, 1))) ** 2).sum(axis=0) <= 9
+        masks[index] |= rng.random(shape) < 0.02
+    for spatial_dims in (3, 2, 1):
+        sampling = None if spacing is None else spacing[:spatial_dims]
+        flat = masks.reshape(-1, *masks.shape[masks.ndim - spatial_dims :])
+        keep = [index for index, mask in enumerate(flat) if not mask.all()]  # all-True masks give inf
+        got = distance_transform(torch.from_numpy(flat[keep]), sampling, spatial_dims=spatial_dims, backend="scipy")
+        expected = _scipy(flat[keep], sampling, spatial_dims).astype(np.float32)
+        np.testing.assert_array_equal(got.numpy(), expected)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

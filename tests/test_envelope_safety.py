@@ -122,10 +122,20 @@ def test_per_class_kept_fraction_reveals_a_dropped_structure_that_kept_fraction_
 def test_class_conditional_bsigma_matches_loops_with_ignored_pixels_dense_binary_and_multilabel_targets():
     gen = torch.Generator().manual_seed(2)
     values = torch.rand(3, 6, 7, generator=gen, dtype=torch.float64).round(decimals=1)
+    # 3 groups take the loop over groups, 9 and 16 (class x prediction) the per-(image, group) sums.
+    for count in (3, 9, 16):
+        many = torch.randint(0, count, (3, 6, 7), generator=gen)
+        for kappa in (1.0, 0.3, 0.0):
+            keep = pixel_keep_mask(values, strategy="bsigma", kappa=kappa, groups=many, num_groups=count)
+            assert torch.equal(keep, _naive_class_keep(values, many, kappa)), (count, kappa)
+        mask = torch.rand(3, 6, 7, generator=gen) > 0.3
+        keep = pixel_keep_mask(values, mask, strategy="bsigma", groups=many, num_groups=count)
+        assert not keep[~mask].any()
+        for image in range(3):
+            expected = _naive_class_keep(values[image][mask[image]].unsqueeze(0), many[image][mask[image]].unsqueeze(0),
+                                         1.0)[0]
+            assert torch.equal(keep[image][mask[image]], expected), count
     groups = torch.randint(0, 3, (3, 6, 7), generator=gen)
-    for kappa in (1.0, 0.3, 0.0):
-        keep = pixel_keep_mask(values, strategy="bsigma", kappa=kappa, groups=groups, num_groups=3)
-        assert torch.equal(keep, _naive_class_keep(values, groups, kappa)), kappa
     valid = torch.rand(3, 6, 7, generator=gen) > 0.3
     keep = pixel_keep_mask(values, valid, strategy="bsigma", groups=groups)
     for image in range(3):

@@ -215,6 +215,7 @@ FUNCTION_OF_MODULE: dict[str, str] = {
     "TopKDiceLoss": "topk_dice_loss",
     "BoundaryDoULoss": "boundary_dou_loss",
     "ClDiceLoss": "cldice_loss",
+    "InverseFormLoss": "inverseform_loss",
 }
 
 # Losses that by definition do not see a class absent from the target (its distance map is 0), with the

@@ -152,3 +152,45 @@ def test_too_small_input_names_logits_and_the_fix():
 def test_bad_options_are_refused_at_construction(options, argument):
     with pytest.raises((TypeError, ValueError), match=f"^Expected `{argument}` to be"):
         create_loss("rmi", **options)
+
+
+def reference_forward_sigmoid(logits, labels, num_classes, pool=4, radius=3, weight_lambda=0.5, ignore=255):
+    """ZJULearning/RMI's RMILoss.forward_sigmoid with rmi_pool_way=1 (avg), transcribed to CPU float64."""
+    label_mask = labels < num_classes
+    onehot = torch.nn.functional.one_hot(labels.long() * label_mask.long(), num_classes).double()
+    label_mask = label_mask.double()
+    onehot = onehot * label_mask.unsqueeze(3)
+    logits_flat = logits.permute(0, 2, 3, 1).reshape(-1, num_classes)
+    binary = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits_flat, onehot.view(-1, num_classes), weight=label_mask.view(-1, 1), reduction="sum")
+    bce = binary / (label_mask.sum() + 1.0)
+    probs = logits.sigmoid() * label_mask.unsqueeze(1) + 1e-6
+    labels4 = onehot.permute(0, 3, 1, 2)
+    labels4 = torch.nn.functional.avg_pool2d(labels4, pool, pool, pool // 2)
+    probs = torch.nn.functional.avg_pool2d(probs, pool, pool, pool // 2)
+    n, c, h, w = labels4.shape
+    new_h, new_w = h - (radius - 1), w - (radius - 1)
+    la = torch.stack([labels4[:, :, y:y + new_h, x:x + new_w] for y in range(radius) for x in range(radius)], 2)
+    pr = torch.stack([probs[:, :, y:y + new_h, x:x + new_w] for y in range(radius) for x in range(radius)], 2)
+    half_d = radius * radius
+    la, pr = la.reshape(n, c, half_d, -1), pr.reshape(n, c, half_d, -1)
+    eye = torch.eye(half_d, dtype=torch.float64)
+    la, pr = la - la.mean(dim=3, keepdim=True), pr - pr.mean(dim=3, keepdim=True)
+    la_cov, pr_cov, la_pr = la @ la.transpose(2, 3), pr @ pr.transpose(2, 3), la @ pr.transpose(2, 3)
+    appro = la_cov - la_pr @ torch.inverse(pr_cov + eye * 5e-4) @ la_pr.transpose(-2, -1)
+    chol = torch.linalg.cholesky(appro + eye * 5e-4)
+    rmi_now = 0.5 * 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1) + 1e-8).sum(dim=-1)
+    rmi = (rmi_now.view(-1, num_classes).mean(dim=0) / half_d).sum()
+    return weight_lambda * bce + (1 - weight_lambda) * rmi, bce
+
+
+def test_equals_the_reference_code_up_to_its_plus_one_pixel():
+    """The reference divides the batch's BCE sum by (counted pixels + 1); with equal counts per image the
+    library's batch mean is the reference value with that +1 removed, and nothing else differs."""
+    logits, labels = _inputs((2, 20, 23), 4, seed=8)
+    target = labels.clone()
+    target[:, :2, :3] = 255  # the same number of ignored pixels in both images
+    reference, reference_bce = reference_forward_sigmoid(logits, target, 4)
+    counted = float((target != 255).sum())
+    expected = reference + 0.5 * reference_bce * (counted + 1.0) / counted - 0.5 * reference_bce
+    torch.testing.assert_close(rmi_loss(logits, target, ignore_index=255), expected, rtol=1e-9, atol=1e-9)

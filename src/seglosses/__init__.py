@@ -1,12 +1,13 @@
 """seglosses: validated, fast segmentation losses, the Top-k / Bottom-all-but-sigma envelope and
 metrics for medical image segmentation in PyTorch."""
 
-from seglosses import blocks, boundary, compound, distance, envelope, metrics, pixel, region
+from seglosses import blocks, boundary, compound, distance, envelope, inverseform, metrics, pixel, region
 from seglosses._checks import set_value_checks, value_checks
 from seglosses.base import Loss, reduce_images
 from seglosses.boundary import *  # noqa: F403
 from seglosses.compound import *  # noqa: F403
 from seglosses.envelope import *  # noqa: F403
+from seglosses.inverseform import *  # noqa: F403
 from seglosses.pixel import *  # noqa: F403
 from seglosses.region import *  # noqa: F403
 from seglosses.registry import create_loss, list_losses, loss_class, register_loss
@@ -34,6 +35,7 @@ __all__ = [
     *boundary.__all__,
     *compound.__all__,
     *envelope.__all__,
+    *inverseform.__all__,
     *pixel.__all__,
     *region.__all__,
 ]

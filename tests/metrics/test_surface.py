@@ -412,3 +412,98 @@ def test_random_masks_and_awkward_spacings_are_exact(shape, spacing_values, seed
     expected_forward, expected_backward = reference_distances(pred, target, spacing)
     np.testing.assert_allclose(np.sort(forward.numpy()), expected_forward, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(np.sort(backward.numpy()), expected_backward, rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- HD / HD95 from order statistics
+
+ORDER_STATISTICS = [
+    (("max", 95.0),),  # hd95_mode="max"
+    (("pooled", 95.0),),  # the default HD95
+    (("pooled", 100.0),),  # HD
+    (("directed", 95.0),),
+    (("pooled", 50.0), ("directed", 5.0), ("max", 30.0)),
+]
+
+
+def order_statistic(distances, scope, q):
+    forward, backward = distances
+    if scope == "pooled":
+        return np.percentile(np.concatenate([forward, backward]), q)
+    if scope == "max":
+        return max(np.percentile(forward, q), np.percentile(backward, q))
+    return np.percentile(forward, q), np.percentile(backward, q)
+
+
+def unrelated_blobs(shape, seed):
+    """Two independent blob masks: most surface voxels lie far from the other surface."""
+    rng = np.random.default_rng(seed)
+    grid = np.indices(shape)
+    masks = []
+    for _ in range(2):
+        mask = np.zeros(shape, bool)
+        for _ in range(2):
+            centre = np.array([rng.uniform(0.2 * s, 0.8 * s) for s in shape]).reshape(-1, *([1] * len(shape)))
+            mask |= ((grid - centre) ** 2).sum(0) < rng.uniform(0.15, 0.3) ** 2 * min(shape) ** 2
+        masks.append(mask)
+    return masks
+
+
+@pytest.mark.parametrize("shape", [(48, 40), (26, 22, 18)])
+@pytest.mark.parametrize("spacing_index", [0, 1])
+@pytest.mark.parametrize("strategy", ["default", "kd_tree", "bounds_everywhere"])
+def test_order_statistics_equal_the_full_computation(shape, spacing_index, strategy, monkeypatch):
+    """Only the ranks HD and HD95 read are exact: np.percentile and max give the full computation's
+    numbers to the bit, and every other entry is a lower bound of its true distance."""
+    if strategy in ("kd_tree", "bounds_everywhere"):
+        monkeypatch.setattr(kernel, "BRUTE_FORCE_PAIRS", 0)
+    if strategy == "bounds_everywhere":  # give up the shell search at once, even on good predictions
+        monkeypatch.setattr(kernel, "SELECTIVE_SHELL_LOOKUPS", 0)
+        monkeypatch.setattr(kernel, "SELECTIVE_GIVE_UP", 0.0)
+    spacing = np.asarray(SPACINGS[len(shape)][spacing_index] or (1.0,) * len(shape))
+    pairs = [unrelated_blobs(shape, seed) for seed in range(3)] + [blob_pair(shape, seed) for seed in range(2)]
+    for pred, target in pairs:
+        full = kernel.surface_distances_numpy(pred, target, spacing)
+        for statistics in ORDER_STATISTICS:
+            partial = kernel.surface_distances_numpy(pred, target, spacing, order_statistics=statistics)
+            for exact, bounded in zip(full, partial, strict=True):
+                assert bounded.shape == exact.shape and (bounded <= exact).all()
+            for scope, q in statistics:
+                assert order_statistic(partial, scope, q) == order_statistic(full, scope, q)
+
+
+def test_order_statistics_skip_most_exact_distances_on_poor_predictions(monkeypatch):
+    """The point of the mode: on unrelated blobs most entries stay bounds, yet HD95 is exact."""
+    monkeypatch.setattr(kernel, "BRUTE_FORCE_PAIRS", 0)
+    pred, target = unrelated_blobs((40, 36, 30), seed=5)
+    spacing = np.ones(3)
+    full = kernel.surface_distances_numpy(pred, target, spacing)
+    partial = kernel.surface_distances_numpy(pred, target, spacing, order_statistics=(("max", 95.0),))
+    exact_entries = sum(int((p == f).sum()) for p, f in zip(partial, full, strict=True))
+    assert exact_entries < 0.5 * sum(len(f) for f in full)
+    assert order_statistic(partial, "max", 95) == order_statistic(full, "max", 95)
+
+
+@pytest.mark.parametrize("hd95_mode", ["pooled", "max"])
+def test_hd_and_hd95_of_unrelated_blobs_match_medpy_and_monai(hd95_mode, to_one_hot, monkeypatch):
+    """The functional metrics take the order-statistics path; their values stay the references'."""
+    monkeypatch.setattr(kernel, "BRUTE_FORCE_PAIRS", 0)
+    shape = (30, 26, 22)
+    labels = [np.zeros(shape, np.int64), np.zeros(shape, np.int64)]
+    for c, seed in ((1, 11), (2, 12)):
+        for labels_of, mask in zip(labels, unrelated_blobs(shape, seed), strict=True):
+            labels_of[mask] = c
+    pred, target = (torch.from_numpy(x)[None] for x in labels)
+    got = hd95(pred, target, 3, hd95_mode=hd95_mode)
+    got_hd = hausdorff_distance(pred, target, 3)
+    if hd95_mode == "pooled":
+        binary = medpy_binary()
+        for c in (1, 2):
+            p, t = labels[0] == c, labels[1] == c
+            assert got[0, c - 1].item() == pytest.approx(binary.hd95(p, t), rel=1e-12)
+            assert got_hd[0, c - 1].item() == pytest.approx(binary.hd(p, t), rel=1e-12)
+    else:
+        metrics = monai_metrics()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected = metrics.compute_hausdorff_distance(to_one_hot(pred, 3), to_one_hot(target, 3), percentile=95)
+        torch.testing.assert_close(got.float(), expected.float())

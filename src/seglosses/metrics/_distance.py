@@ -19,6 +19,28 @@ CPU algorithm, exact (no approximation):
 Distances equal medpy's (full-image EDT) to float64 rounding and MONAI's (KD-tree) bit for bit
 after MONAI's cast to float32; ``tests/metrics/test_surface.py`` checks every path.
 
+**Order statistics only** (``order_statistics=...``, what HD and HD95 use: they read a few ranks
+of the sorted distances, not every distance). On a poor prediction most surface voxels lie far from
+the other surface, where both the shell search and the KD-tree are slow (a voxel deep inside a ball
+is nearly as far from all of its surface). So the shell search gives up early when most voxels are
+still unresolved after a few offsets, and then:
+
+6. In each block of a few voxels per axis, the unresolved voxel ``a`` nearest the block's centre
+   gets its exact distance ``d_a`` and nearest voxel ``s_a``; every other voxel ``q`` of the block
+   gets the bounds ``d_a - |q - a| <= d(q) <= |q - s_a|`` (triangle inequality), and never less
+   than the last shell tried.
+7. The k-th order statistic lies between the k-th smallest lower bound ``L`` and the k-th smallest
+   upper bound ``U``. A voxel whose upper bound is below ``L`` of the first rank read, or whose
+   lower bound is above ``U`` of the last, cannot change those ranks: only the others get their
+   exact distance (step 5), and the rest carry their lower bound in the returned arrays. For the
+   larger of the two directed percentiles (MONAI's HD95), a direction whose percentile is surely the
+   smaller one is left bounded altogether.
+
+So the ranks read hold exactly the values of the full computation (``np.percentile`` and ``max``
+give the same numbers, bit for bit: exact values are rounded as the full computation rounds them),
+while the other entries are only bounds. Good predictions, whose shells find every distance, take
+the full computation's path.
+
 On CUDA tensors the same algorithm runs in torch: the shells are looked up in large blocks and
 the unresolved voxels go to a blocked brute-force ``torch.cdist`` in float64 (differences, not the
 matrix-product shortcut).
@@ -26,6 +48,8 @@ matrix-product shortcut).
 
 from __future__ import annotations
 
+import functools
+import math
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import Any
@@ -44,6 +68,14 @@ BRUTE_FORCE_PAIRS = 1_000_000
 KD_LEAF_SIZE = 64
 # Below this many lookups a shell is one 2-D gather; above, one gather per offset (less memory).
 GATHER_2D_LIMIT = 20_000
+# Order-statistics mode: the shell search gives up after SELECTIVE_SHELL_LOOKUPS offsets (radius 2 in
+# 3D) when more than SELECTIVE_GIVE_UP of the voxels are unresolved (poor predictions); then the voxel
+# nearest the centre of each block of REPRESENTATIVE_BLOCK voxels per axis bounds its block.
+SELECTIVE_SHELL_LOOKUPS = 32
+SELECTIVE_GIVE_UP = 0.8
+REPRESENTATIVE_BLOCK = 6
+# Bounds are widened by this relative slack, so float rounding never misplaces a voxel.
+BOUND_SLACK = 1e-9
 # Above this many query voxels the two directions run in two threads (when workers > 1).
 PARALLEL_DIRECTIONS_MIN = 4_000
 # Elements of one block (shell lookups or cdist) on the torch path.
@@ -121,12 +153,12 @@ def _shell_offsets(
     return offsets, np.sqrt(squared_lengths[:whole]), starts[:whole], reach
 
 
-def _shells(spacing: tuple[float, ...], shape: tuple[int, ...]) -> tuple[np.ndarray, ...]:
+def _shells(spacing: tuple[float, ...], shape: tuple[int, ...], budget: int) -> tuple[np.ndarray, ...]:
     """The offsets of :func:`_shell_offsets` as flat index steps in a C-ordered array of ``shape``.
 
     Returns (flat offsets, their lengths, start of each shell plus the total): offsets ascending by length.
     """
-    offsets, lengths, starts, _ = _shell_offsets(spacing, SHELL_LOOKUPS)
+    offsets, lengths, starts, _ = _shell_offsets(spacing, budget)
     strides = np.cumprod((1, *shape[:0:-1]))[::-1]
     flat = (offsets @ strides).astype(np.intp)
     shell_sizes = np.diff(np.append(starts, len(flat)))
@@ -137,18 +169,24 @@ def _coordinates(flat_index: np.ndarray, shape: tuple[int, ...], spacing: np.nda
     return np.stack(np.unravel_index(flat_index, shape), axis=1) * spacing
 
 
-def _nearest(
+def _shell_search(
     query: np.ndarray,
     target_map: np.ndarray,
-    target_points: np.ndarray,
-    shape: tuple[int, ...],
-    spacing: np.ndarray,
     shells: tuple[np.ndarray, ...],
-    workers: int,
-) -> np.ndarray:
-    """Distance from each flat voxel index in ``query`` to the nearest True voxel of ``target_map``."""
+    give_up: tuple[int, float] | None = None,
+) -> tuple[np.ndarray, float]:
+    """Distance from each flat voxel index in ``query`` to the nearest True voxel of ``target_map``
+    within the shells; NaN where every shell tried missed.
+
+    With ``give_up = (lookups, fraction)`` the search stops after about ``lookups`` offsets when more
+    than ``fraction`` of the voxels are still unresolved (a poor prediction: far voxels are many).
+
+    Returns:
+        (distances, reached): the distance of a voxel left at NaN is above ``reached``, the length of
+        the last shell tried (0 when none was).
+    """
     offsets, offset_lengths, shell_starts = shells
-    distances = np.empty(len(query))
+    distances, reached = np.full(len(query), np.nan), 0.0
     pending = np.arange(len(query))
     # Look up p + o as target_map[base + o:][p - base]: a view per offset, no index arithmetic.
     base = -int(offsets.min()) if offsets.size else 0
@@ -175,21 +213,211 @@ def _nearest(
         miss = ~hit
         pending, points = pending[miss], points[miss]
         shell = end
-    points = points + base
-    if points.size:
-        targets, queries = _coordinates(target_points, shape, spacing), _coordinates(points, shape, spacing)
-        if points.size * targets.shape[0] <= BRUTE_FORCE_PAIRS:
-            distances[pending] = cdist(queries, targets).min(axis=1)
-        else:
-            tree = cKDTree(targets, leafsize=KD_LEAF_SIZE, balanced_tree=False)
-            distances[pending] = tree.query(queries, workers=workers)[0]
+        reached = float(offset_lengths[shell_starts[end] - 1])
+        if give_up is not None and shell_starts[end] >= give_up[0] and points.size > give_up[1] * len(query):
+            break
+    return distances, reached
+
+
+def _exact_nearest(
+    queries: np.ndarray, targets: np.ndarray, workers: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(distance, index of the nearest target) of each query point (physical coordinates): brute
+    force when the pairs are few, else a KD-tree."""
+    if queries.shape[0] * targets.shape[0] <= BRUTE_FORCE_PAIRS:
+        pairwise = cdist(queries, targets)
+        nearest = pairwise.argmin(axis=1) if pairwise.size else np.zeros(len(queries), dtype=np.intp)
+        return pairwise[np.arange(len(queries)), nearest], nearest
+    tree = cKDTree(targets, leafsize=KD_LEAF_SIZE, balanced_tree=False)
+    return tree.query(queries, workers=workers)
+
+
+def _nearest(
+    query: np.ndarray,
+    target_map: np.ndarray,
+    target_points: np.ndarray,
+    shape: tuple[int, ...],
+    spacing: np.ndarray,
+    shells: tuple[np.ndarray, ...],
+    workers: int,
+) -> np.ndarray:
+    """Distance from each flat voxel index in ``query`` to the nearest True voxel of ``target_map``."""
+    distances, _ = _shell_search(query, target_map, shells)
+    pending = np.flatnonzero(np.isnan(distances))
+    if pending.size:
+        targets = _coordinates(target_points, shape, spacing)
+        distances[pending] = _exact_nearest(_coordinates(query[pending], shape, spacing), targets, workers)[0]
     return distances
 
 
+def _rank_window(count: int, percentile: float) -> tuple[int, int]:
+    """The ranks (0-based, ascending) that ``np.percentile`` of ``count`` values interpolates between,
+    widened by one on each side against float rounding of the virtual index."""
+    virtual = (count - 1) * percentile / 100.0
+    return max(0, math.floor(virtual) - 1), min(count - 1, math.floor(virtual) + 2)
+
+
+def _needed(lower: np.ndarray, upper: np.ndarray, window: tuple[int, int]) -> np.ndarray:
+    """Values whose exact number can matter to the order statistics of ``window`` (both ends included),
+    given ``lower <= value <= upper``: every other value stays below or above those ranks."""
+    first, last = window
+    lowest = np.partition(lower, first)[first]  # <= the first-ranked value
+    highest = np.partition(upper, last)[last]  # >= the last-ranked value
+    return (upper >= lowest) & (lower <= highest)
+
+
+class _Surface:
+    """The voxels of one surface (flat indices in the padded box), for exact nearest-voxel queries;
+    the KD-tree is built on the first query that needs it and reused."""
+
+    def __init__(self, points: np.ndarray, shape: tuple[int, ...], spacing: np.ndarray, workers: int) -> None:
+        self.points, self.shape, self.spacing, self.workers = points, shape, spacing, workers
+        self.tree: cKDTree | None = None
+        _, lengths, _, _ = _shell_offsets(tuple(spacing.tolist()), SHELL_LOOKUPS)
+        self.shell_reach = lengths[-1] if lengths.size else -1.0
+
+    @functools.cached_property
+    def coordinates(self) -> np.ndarray:
+        return _coordinates(self.points, self.shape, self.spacing)
+
+    def nearest(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(distance, index of the nearest surface voxel) of flat query voxels, rounded as the full
+        computation rounds them.
+
+        Within the reach of :data:`SHELL_LOOKUPS` offsets that computation returns the length of the
+        nearest offset, ``|(q - s) * spacing|``, which can differ in the last bit from the distance
+        between physical coordinates ``|q * spacing - s * spacing|``; so take the former there.
+        """
+        queries = _coordinates(query, self.shape, self.spacing)
+        if len(query) * len(self.points) <= BRUTE_FORCE_PAIRS:
+            distance, nearest = _exact_nearest(queries, self.coordinates, self.workers)
+        else:
+            if self.tree is None:
+                self.tree = cKDTree(self.coordinates, leafsize=KD_LEAF_SIZE, balanced_tree=False)
+            distance, nearest = self.tree.query(queries, workers=self.workers)
+        return self._rounded(query, distance, nearest), nearest
+
+    def _rounded(self, query: np.ndarray, distance: np.ndarray, nearest: np.ndarray) -> np.ndarray:
+        offsets = np.stack(np.unravel_index(query, self.shape), axis=1) - np.stack(
+            np.unravel_index(self.points[nearest], self.shape), axis=1
+        )
+        offset_length = np.sqrt(((offsets * self.spacing) ** 2).sum(axis=1))
+        return np.where(offset_length <= self.shell_reach, offset_length, distance)
+
+
+def _block_bounds(query: np.ndarray, target: _Surface) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lower, upper, exact) bounds on the distances of flat query voxels to the ``target`` surface.
+
+    The voxel ``a`` nearest the centre of each block of :data:`REPRESENTATIVE_BLOCK` voxels per axis
+    (at the finest spacing; fewer along coarser axes) gets its exact distance ``d_a`` and nearest
+    surface voxel ``s_a``; every other voxel ``q`` of the block lies in ``[d_a - |q - a|, |q - s_a|]``
+    (triangle inequality), widened by :data:`BOUND_SLACK`. ``exact`` marks the representatives.
+    """
+    shape, spacing = target.shape, target.spacing
+    index = np.stack(np.unravel_index(query, shape), axis=1)
+    block = np.maximum(1, np.round(REPRESENTATIVE_BLOCK * spacing.min() / spacing)).astype(np.int64)
+    cell = index // block
+    # Sort by block, then by the distance to the block's centre (the fraction, in [0, 1)): each
+    # block's first voxel represents it.
+    off_centre = (((index - cell * block - (block - 1) / 2.0) * spacing) ** 2).sum(axis=1)
+    key = np.ravel_multi_index(cell.T, tuple(int(n) for n in np.asarray(shape) // block + 1))
+    order = np.argsort(key + off_centre / (off_centre.max() + 1.0))
+    first = np.flatnonzero(np.r_[True, key[order][1:] != key[order][:-1]])
+    representative = order[first]
+    slot = np.empty(len(query), dtype=np.int64)  # the number of each voxel's representative
+    slot[order] = np.repeat(np.arange(len(first)), np.diff(np.r_[first, len(query)]))
+    distance, nearest = target.nearest(query[representative])
+    points = index * spacing
+    lower = distance[slot] - np.sqrt(((points - points[representative][slot]) ** 2).sum(axis=1))
+    upper = np.sqrt(((points - target.coordinates[nearest][slot]) ** 2).sum(axis=1))
+    lower -= BOUND_SLACK * (1.0 + np.abs(lower))
+    upper += BOUND_SLACK * (1.0 + upper)
+    lower[representative] = upper[representative] = distance
+    exact = np.zeros(len(query), dtype=bool)
+    exact[representative] = True
+    return lower, upper, exact
+
+
+def _order_statistics_only(
+    queries: tuple[np.ndarray, np.ndarray],
+    maps: tuple[np.ndarray, np.ndarray],
+    points: tuple[np.ndarray, np.ndarray],
+    shared: int,
+    shape: tuple[int, ...],
+    spacing: np.ndarray,
+    order_statistics: tuple[tuple[str, float], ...],
+    workers: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Steps 6-7 of the module docstring: both directed distance arrays, exact at the ranks that
+    ``order_statistics`` need and bounded elsewhere (each entry then holds its lower bound)."""
+    shells = _shells(tuple(spacing.tolist()), shape, SHELL_LOOKUPS)
+    lower, upper, exact = [], [], []
+    for query, other_map in zip(queries, maps[::-1], strict=True):
+        found, floor = _shell_search(query, other_map, shells, (SELECTIVE_SHELL_LOOKUPS, SELECTIVE_GIVE_UP))
+        resolved = ~np.isnan(found)  # the others are further than floor: every shorter offset missed
+        zeros = np.zeros(shared)
+        lower.append(np.concatenate([np.where(resolved, found, floor), zeros]))
+        upper.append(np.concatenate([np.where(resolved, found, np.inf), zeros]))
+        exact.append(np.concatenate([resolved, np.ones(shared, dtype=bool)]))
+    if all(known.all() for known in exact):  # a good prediction: the shells found every distance
+        return lower[0], lower[1]
+
+    def needed() -> list[np.ndarray]:
+        masks = [np.zeros(len(values), dtype=bool) for values in lower]
+        for scope, percentile in order_statistics:
+            if scope == "pooled":
+                pooled_lower, pooled_upper = np.concatenate(lower), np.concatenate(upper)
+                pooled = _needed(pooled_lower, pooled_upper, _rank_window(len(pooled_lower), percentile))
+                masks[0] |= pooled[: len(lower[0])]
+                masks[1] |= pooled[len(lower[0]) :]
+            else:
+                # "max" reads only the larger directed percentile: a direction whose percentile is
+                # surely below the other's (bounded by the percentiles of the bounds) may stay bounded.
+                low = [np.percentile(values, percentile) for values in lower]
+                high = [np.percentile(np.minimum(values, np.finfo(float).max), percentile) for values in upper]
+                for direction in (0, 1):
+                    other = low[1 - direction]
+                    if scope == "max" and high[direction] < other - BOUND_SLACK * (1.0 + abs(other)):
+                        continue
+                    window = _rank_window(len(lower[direction]), percentile)
+                    masks[direction] |= _needed(lower[direction], upper[direction], window)
+        return [mask & ~known for mask, known in zip(masks, exact, strict=True)]
+
+    targets = [_Surface(points[1 - direction], shape, spacing, workers) for direction in (0, 1)]
+    # Where an unresolved voxel may matter: bounds from its block's representative; then exact
+    # values for the voxels that still may.
+    for direction, mask in enumerate(needed()):
+        if mask.any():
+            unresolved = np.flatnonzero(~exact[direction])  # voxels beyond the shells, not shared
+            block_lower, block_upper, block_exact = _block_bounds(queries[direction][unresolved], targets[direction])
+            lower[direction][unresolved] = np.maximum(block_lower, lower[direction][unresolved])
+            upper[direction][unresolved] = block_upper
+            exact[direction][unresolved] = block_exact
+    for direction, mask in enumerate(needed()):
+        if mask.any():
+            chosen = np.flatnonzero(mask)
+            lower[direction][chosen] = targets[direction].nearest(queries[direction][chosen])[0]
+    return lower[0], lower[1]
+
+
 def surface_distances_numpy(
-    pred: np.ndarray, target: np.ndarray, spacing: np.ndarray, workers: int = 1
+    pred: np.ndarray,
+    target: np.ndarray,
+    spacing: np.ndarray,
+    workers: int = 1,
+    order_statistics: tuple[tuple[str, float], ...] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Directed surface distances of two non-empty boolean masks (CPU).
+
+    Args:
+        pred, target: boolean masks of one image and class.
+        spacing: one spacing per axis.
+        workers: threads for the KD-tree queries and the two directions.
+        order_statistics: None (every distance exact), or ``(scope, percentile)`` pairs, scope
+            "directed" (each direction's ``np.percentile``), "max" (the larger of the two) or
+            "pooled" (``np.percentile`` of both directions together): only what those need is exact,
+            the other entries are lower bounds that keep their side of the ranks read (module
+            docstring, steps 6-7).
 
     Returns:
         ``(forward, backward)`` float64 arrays: the distance of every surface voxel of ``pred`` to the
@@ -199,8 +427,10 @@ def surface_distances_numpy(
     if box is None or not pred.any() or not target.any():
         raise ValueError("surface distances need two non-empty masks")
     spacing = np.asarray(spacing, dtype=np.float64)
-    # The padding keeps every looked-up voxel p + offset inside the array (no wrap-around).
-    margin = tuple(r + 1 for r in _shell_offsets(tuple(spacing.tolist()), SHELL_LOOKUPS)[3])
+    # The padding keeps every looked-up voxel p + offset inside the array (no wrap-around). Both modes
+    # pad alike, so the physical coordinates, and their rounding, are the same.
+    reach = _shell_offsets(tuple(spacing.tolist()), max(SHELL_LOOKUPS, SELECTIVE_SHELL_LOOKUPS))[3]
+    margin = tuple(r + 1 for r in reach)
     shape = tuple(s.stop - s.start + 2 * m for s, m in zip(box, margin, strict=True))
     inner = _inner(shape, margin)
     maps = []
@@ -214,8 +444,13 @@ def surface_distances_numpy(
     pred_points, target_points = np.flatnonzero(pred_map), np.flatnonzero(target_map)
     pred_only = pred_points[~target_map[pred_points]]
     target_only = target_points[~pred_map[target_points]]
-    shared = np.zeros(len(pred_points) - len(pred_only))
-    shells = _shells(tuple(spacing.tolist()), shape)
+    shared = len(pred_points) - len(pred_only)
+    if order_statistics is not None:
+        return _order_statistics_only(
+            (pred_only, target_only), (pred_map, target_map), (pred_points, target_points), shared,
+            shape, spacing, order_statistics, workers,
+        )
+    shells = _shells(tuple(spacing.tolist()), shape, SHELL_LOOKUPS)
     forward_args = (pred_only, target_map, target_points, shape, spacing, shells)
     backward_args = (target_only, pred_map, pred_points, shape, spacing, shells)
     if workers > 1 and len(pred_only) + len(target_only) >= PARALLEL_DIRECTIONS_MIN:
@@ -227,7 +462,8 @@ def surface_distances_numpy(
     else:
         forward = _nearest(*forward_args, workers)
         backward = _nearest(*backward_args, workers)
-    return np.concatenate([forward, shared]), np.concatenate([backward, shared])
+    zeros = np.zeros(shared)
+    return np.concatenate([forward, zeros]), np.concatenate([backward, zeros])
 
 
 def _nearest_cdist(query: Tensor, reference: Tensor) -> Tensor:
