@@ -618,7 +618,7 @@ class EnvelopeConfig:
     image_strategy: str | Callable[[float], Any] = "erm"
     smoothing: str | float | Callable[[float], float] = "none"
     pixel_strategy: str = "all"
-    pixel_groups: str = "class_prediction"
+    pixel_groups: str = "class"
     pixel_start_epoch: float = 1.0
     total_epochs: float | None = None
     first_selective_epoch: float = 2.0
@@ -944,14 +944,15 @@ class TopKBottomSigma(nn.Module):
         image_strategy: "erm" (default), "atk", "atk_down" or a callable, as above.
         smoothing: "none" (default), "sm", "sm_up", a number or a callable, as above.
         pixel_strategy: "all" (default), "tk" or "bsigma", SPEC A.3.
-        pixel_groups: where "bsigma" takes its mean and std (other strategies ignore it): over the
-            pixels of each annotated class that share a predicted class, inside the image
-            ("class_prediction", default): a missed structure is compared with itself, and so is the
-            ring of background the model wrongly paints around an object, which the plain class rule
-            drops; over each annotated class inside the image ("class", SPEC A.9); or over the whole
-            image ("image", the paper's rule, which drops any missed structure smaller than
+        pixel_groups: where "bsigma" takes its mean and std (other strategies ignore it): over each
+            annotated class inside the image ("class", default, SPEC A.9: a missed small structure is
+            compared with itself); over the pixels of each annotated class that share a predicted class
+            ("class_prediction": it also keeps the ring of background a model wrongly paints around a
+            small object, but keeps most mislabelled pixels too, and lost to ERM under noise); or over
+            the whole image ("image", the paper's rule, which drops any missed structure smaller than
             :math:`1/(1+\kappa^2)` of the image, and then never learns it). The grouped rules keep at
-            least :math:`\kappa^2/(1+\kappa^2)` of every group, hence of every class.
+            least :math:`\kappa^2/(1+\kappa^2)` of every group, hence of every class
+            (docs/envelope.md, "Small structures").
         pixel_start_epoch: pixel selection applies from this epoch on (all pixels before it) (1).
         total_epochs: :math:`E`, where "atk_down" and "sm_up" end (required by them).
         first_selective_epoch: :math:`e_s` (2).
