@@ -511,6 +511,17 @@ def select_pixels(
     return image_losses, (torch.ones_like(per_pixel, dtype=torch.bool) if keep is None else keep)
 
 
+def _channel_argmax(x: Tensor) -> Tensor:
+    """``x.argmax(dim=1)`` (the first largest channel) in one pass per channel: the strided channel
+    reduction of ``argmax`` is about ten times slower on CPU for the few channels of a segmentation."""
+    best, index = x[:, 0], torch.zeros_like(x[:, 0], dtype=torch.long)
+    for channel in range(1, x.shape[1]):
+        larger = x[:, channel] > best
+        best = torch.where(larger, x[:, channel], best)
+        index = index.masked_fill(larger, channel)
+    return index
+
+
 def _select(per_pixel, valid, strategy, fraction, kappa, ranked, groups=None,
             num_groups=None) -> tuple[Tensor, Tensor | None, Tensor | float]:
     """:func:`select_pixels` plus the kept counts; the mask is None when every pixel is kept."""
@@ -1266,7 +1277,7 @@ class TopKBottomSigma(nn.Module):
         count = self._num_groups(logits)
         if target.ndim == logits.ndim and target.is_floating_point():
             if mode == "multiclass":
-                return target.argmax(dim=1)
+                return _channel_argmax(target)
             if mode == "binary":
                 return (target[:, 0] > 0.5).long()
             positive = target > 0.5
@@ -1278,7 +1289,7 @@ class TopKBottomSigma(nn.Module):
         """(B, *S) int64 predicted class of every pixel, numbered as :meth:`_pixel_groups` numbers labels."""
         mode = infer_mode(logits.shape[1], self.base_loss.mode)
         if mode == "multiclass":
-            return logits.argmax(dim=1)
+            return _channel_argmax(logits)
         if mode == "binary":
             return (logits[:, 0] > 0).long()
         positive = logits > 0
