@@ -41,7 +41,7 @@ def _global_batches():
 def _setup():
     torch.manual_seed(2)
     model = torch.nn.Conv2d(2, 3, 3, padding=1).double()
-    # Groups by label only: the default also groups by the predicted class, and an untrained model's
+    # Groups by label only: "class_prediction" also groups by the predicted class, and an untrained model's
     # near-tied logits flip their argmax under the last-bit differences of a DDP gradient average, which
     # moves whole pixels between groups; this test compares ledgers to 1e-12.
     criterion = TopKBottomSigma(0.3 * CrossEntropyLoss() + 0.7 * DiceLoss(), N, image_strategy="atk", smoothing="sm",

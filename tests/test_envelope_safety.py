@@ -191,7 +191,7 @@ def test_pixel_selection_starts_at_pixel_start_epoch():
 
 
 def test_class_prediction_groups_compare_each_annotated_class_within_each_predicted_class():
-    """The default rule: mean and std per (annotated class, predicted class) of each image, checked
+    """`pixel_groups="class_prediction"`: mean and std per (annotated class, predicted class) of each image, checked
     against the per-group loop; a ring of background predicted as foreground is kept, where the plain
     class rule drops it, and every class still keeps at least half of its pixels (kappa = 1)."""
     for seed, mode in ((4, "multiclass"), (5, "binary"), (6, "multilabel")):
@@ -208,8 +208,7 @@ def test_class_prediction_groups_compare_each_annotated_class_within_each_predic
             target = labels = torch.randint(0, count, (2, 8, 9), generator=gen)
             predicted = logits.argmax(1) if mode == "multiclass" else (logits[:, 0] > 0).long()
         base = seglosses.CrossEntropyLoss(mode=mode)
-        criterion = TopKBottomSigma(base, 2, pixel_strategy="bsigma")
-        assert criterion.config.pixel_groups == "class_prediction"
+        criterion = TopKBottomSigma(base, 2, pixel_strategy="bsigma", pixel_groups="class_prediction")
         expected = _naive_class_keep(base.per_pixel(logits, target).detach(), labels * count + predicted, 1.0)
         assert torch.equal(criterion.export_keep_mask(logits, target), expected), mode
 
@@ -224,7 +223,7 @@ def test_class_prediction_groups_compare_each_annotated_class_within_each_predic
     score[0, :3] = 3.0  # a few confident false positives far away: the tail of the ring's group
     logits = torch.stack([torch.zeros(12, 12), score]).unsqueeze(0)
     by_class = TopKBottomSigma("cross_entropy", 1, pixel_strategy="bsigma", pixel_groups="class")
-    by_class_prediction = TopKBottomSigma("cross_entropy", 1, pixel_strategy="bsigma")
+    by_class_prediction = TopKBottomSigma("cross_entropy", 1, pixel_strategy="bsigma", pixel_groups="class_prediction")
     assert not by_class.export_keep_mask(logits, labels)[0][ring].any()  # the ring: the tail of the background
     kept = by_class_prediction.export_keep_mask(logits, labels)[0]
     assert kept[ring].all() and not kept[0, :3].any()
@@ -270,24 +269,25 @@ def _toy_dice(side: int, options: dict, steps: int = 80, batch: int = 16) -> flo
 @pytest.mark.parametrize("side", [5, 10])  # objects of 2.4% and 9.8% of the 32 x 32 image
 def test_class_conditional_bsigma_learns_small_objects_that_the_papers_bsigma_never_learns(side):
     """Issue 9 item 1 on its toy (64 images 32 x 32, a 3-layer CNN, Adam, 20 epochs). Measured (foreground
-    Dice, ERM / paper's Bσ / Bσ per class / Bσ per class and prediction, the default): 0.935 / 0.000 /
+    Dice, ERM / paper's Bσ / Bσ per class, the default / Bσ per class and prediction): 0.935 / 0.000 /
     0.855 / 0.918 at 2.4% and 0.981 / 0.000 / 0.946 / 0.973 at 9.8%. The per-class rule drops the
     background ring around the object (a small structure of the background class), so predictions bleed
-    into it; grouping by prediction as well compares that ring with itself (docs/envelope.md)."""
+    into it; grouping by prediction as well compares that ring with itself, within the issue's 0.05 of ERM,
+    but it loses to ERM under annotation noise, so it is an option, not the default (docs/envelope.md)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny convolutions: extra threads only contend on a shared machine
     try:
         erm = _toy_dice(side, {})
         paper = _toy_dice(side, {"pixel_strategy": "bsigma", "pixel_groups": "image"})
-        by_class = _toy_dice(side, {"pixel_strategy": "bsigma", "pixel_groups": "class"})
         default = _toy_dice(side, {"pixel_strategy": "bsigma"})
+        by_prediction = _toy_dice(side, {"pixel_strategy": "bsigma", "pixel_groups": "class_prediction"})
     finally:
         torch.set_num_threads(threads)
     assert erm > 0.9
     assert paper < 0.05  # the object is the high tail of its image: dropped, then never learned
-    assert by_class > erm - (0.05 if side == 10 else 0.1)
-    assert default > erm - 0.05  # the issue's target, at both sizes
-    assert default > by_class
+    assert default > erm - (0.05 if side == 10 else 0.1)  # learned; at 2.4% the ring costs 0.08
+    assert by_prediction > erm - 0.05  # the issue's target, at both sizes
+    assert by_prediction > default
 
 
 # --------------------------------------------------------------------------- item 4: repeated and negative indices

@@ -1181,7 +1181,7 @@ def boundary_aware_loss(
     choice; SPEC D.17 leaves R and K to the dataset): R = 5 pixels, K = 5, one bin per integer distance.
     2D and 3D (balls). Ignored pixels carry no loss and count as outside the object when distances are
     measured. Inside :class:`~seglosses.TopKBottomSigma`, group pixels by ``pixel_groups="image"`` or
-    ``"class"`` (the mask's label): the default ``"class_prediction"`` reads the logits as class scores.
+    ``"class"`` (the mask's label, the default): ``"class_prediction"`` reads the logits as class scores.
 
     Reference: Hayder, He & Salzmann, "Boundary-aware Instance Segmentation", CVPR 2017.
 
