@@ -511,6 +511,11 @@ def select_pixels(
     return image_losses, (torch.ones_like(per_pixel, dtype=torch.bool) if keep is None else keep)
 
 
+def _first_positive_channel(positive: Tensor) -> Tensor:
+    """(B, *S) 1 + the first True channel of a (B, C, *S) bool mask, 0 where none is (multilabel groups)."""
+    return torch.where(positive.any(dim=1), positive.to(torch.uint8).argmax(dim=1) + 1, 0)
+
+
 def _channel_argmax(x: Tensor) -> Tensor:
     """``x.argmax(dim=1)`` (the first largest channel) in one pass per channel: the strided channel
     reduction of ``argmax`` is about ten times slower on CPU for the few channels of a segmentation."""
@@ -1280,8 +1285,7 @@ class TopKBottomSigma(nn.Module):
                 return _channel_argmax(target)
             if mode == "binary":
                 return (target[:, 0] > 0.5).long()
-            positive = target > 0.5
-            return torch.where(positive.any(dim=1), positive.to(torch.uint8).argmax(dim=1) + 1, 0)
+            return _first_positive_channel(target > 0.5)
         labels = target[:, 0] if target.ndim == logits.ndim else target
         return labels.long().clamp(0, count - 1)
 
@@ -1292,8 +1296,7 @@ class TopKBottomSigma(nn.Module):
             return _channel_argmax(logits)
         if mode == "binary":
             return (logits[:, 0] > 0).long()
-        positive = logits > 0
-        return torch.where(positive.any(dim=1), positive.to(torch.uint8).argmax(dim=1) + 1, 0)
+        return _first_positive_channel(logits > 0)
 
     def _head_losses(self, logits: Tensor, target: Any, strategy: str, base_with_grad: bool = False) -> _HeadResult:
         """The pixel level of one head (see :class:`_HeadResult`)."""
