@@ -657,6 +657,25 @@ def test_dice_ce_pos_weight_matches_monai_binary():
     torch.testing.assert_close(dice_ce_loss(logits, target, pos_weight=3.0), oracle(logits, target))
 
 
+@pytest.mark.parametrize("mode, channels", [("binary", 1), ("multilabel", 3)])
+def test_dice_ce_sigmoid_matches_monai_and_its_own_per_image_path(mode, channels, device):
+    monai_losses = pytest.importorskip("monai.losses")
+    generator = torch.Generator().manual_seed(15)
+    logits = torch.randn((3, channels, 6, 7), generator=generator, dtype=torch.float64).to(device)
+    target = torch.randint(0, 2, (3, channels, 6, 7), generator=generator).double().to(device)
+    ours = dice_ce_loss(logits, target, mode=mode, lambda_dice=0.7, lambda_ce=1.5)
+    if channels == 1:  # MONAI's DiceCELoss takes a BCE for one channel only (softmax CE on more)
+        oracle = monai_losses.DiceCELoss(sigmoid=True, squared_pred=True, lambda_dice=0.7, lambda_ce=1.5)
+        torch.testing.assert_close(ours, oracle(logits, target))
+    dice = monai_losses.DiceLoss(sigmoid=True, squared_pred=True)(logits, target)
+    torch.testing.assert_close(ours, 0.7 * dice + 1.5 * F.binary_cross_entropy_with_logits(logits, target))
+    per_image = dice_ce_loss(logits, target, mode=mode, lambda_dice=0.7, lambda_ce=1.5, reduction="none")
+    torch.testing.assert_close(ours, per_image.mean())
+    torch.testing.assert_close(
+        dice_ce_loss(logits, target, mode=mode, lambda_dice=0.7, lambda_ce=1.5, reduction="sum"), per_image.sum()
+    )
+
+
 def test_dice_focal_weights_on_both_terms_match_monai():
     monai_losses = pytest.importorskip("monai.losses")
     generator = torch.Generator().manual_seed(14)

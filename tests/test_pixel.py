@@ -494,15 +494,18 @@ def test_pos_weight_and_bce_smoothing_match_torch(mode, channels):
     torch.testing.assert_close(cross_entropy(logits, target, mode=mode, label_smoothing=0.2), smoothed)
 
 
-@pytest.mark.parametrize("mode, channels", [("binary", 1), ("multilabel", 3)])
+@pytest.mark.parametrize("mode, channels", [("binary", 1), ("multilabel", 3), ("multiclass", 3)])
 @pytest.mark.parametrize("smoothing", [0.0, 0.2])
-def test_sigmoid_fused_mean_and_sum_agree_with_the_per_image_path(mode, channels, smoothing, device):
-    # "mean"/"sum" take one fused BCE over the batch; "none" goes through the per-pixel map.
+def test_fused_mean_and_sum_agree_with_the_per_image_path(mode, channels, smoothing, device):
+    # "mean"/"sum" take one fused kernel over the batch; "none" goes through the per-pixel map.
     from seglosses import cross_entropy
 
     generator = torch.Generator().manual_seed(5)
     logits = torch.randn(3, channels, 7, 6, generator=generator, dtype=torch.float64).to(device)
-    target = torch.randint(0, 2, (3, channels, 7, 6), generator=generator).double().to(device)
+    if mode == "multiclass":  # soft class probabilities
+        target = torch.rand(3, channels, 7, 6, generator=generator, dtype=torch.float64).softmax(dim=1).to(device)
+    else:
+        target = torch.randint(0, 2, (3, channels, 7, 6), generator=generator).double().to(device)
     per_image = cross_entropy(logits, target, mode=mode, label_smoothing=smoothing, reduction="none")
     torch.testing.assert_close(cross_entropy(logits, target, mode=mode, label_smoothing=smoothing), per_image.mean())
     torch.testing.assert_close(

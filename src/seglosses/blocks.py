@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from seglosses._checks import check_class_weights, check_number, check_type, fail
+from seglosses.base import reduce_images
 from seglosses.targets import Prepared, prepare
 
 __all__ = [
@@ -131,6 +132,34 @@ def cross_entropy_map(
     positive = check_class_weights("pos_weight", pos_weight, prepared.num_classes, prepared.logits)
     values, pixel_weights = pixel_cross_entropy(prepared, weights, label_smoothing=label_smoothing, pos_weight=positive)
     return weighted_mean_per_pixel(values, pixel_weights, prepared)
+
+
+def reduced_cross_entropy(
+    prepared: Prepared,
+    class_weights: Sequence[float] | Tensor | None,
+    *,
+    label_smoothing: float = 0.0,
+    pos_weight: float | Sequence[float] | Tensor | None = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """The per-image means of :func:`cross_entropy_map` reduced over images ("mean", "sum", or "none" for (B,)).
+
+    When every pixel counts with equal weight the mean of the per-image means is the global mean,
+    which PyTorch's fused kernels compute without a per-pixel map and its gradient buffer.
+    """
+    if reduction != "none" and prepared.valid is None and class_weights is None and pos_weight is None:
+        label_smoothing = check_number("label_smoothing", label_smoothing, low=0.0, high=1.0)
+        if prepared.mode == "multiclass":  # integer labels, or class probabilities as the target
+            target = prepared.target if prepared.labels is None else prepared.labels
+            mean = F.cross_entropy(prepared.logits, target, label_smoothing=label_smoothing)
+        else:
+            target = prepared.target
+            if label_smoothing:
+                target = (1.0 - label_smoothing) * target + label_smoothing / 2
+            mean = F.binary_cross_entropy_with_logits(prepared.logits, target)
+        return reduce_images(mean.expand(prepared.logits.shape[0]), reduction)
+    per_pixel = cross_entropy_map(prepared, class_weights, label_smoothing=label_smoothing, pos_weight=pos_weight)
+    return reduce_images(prepared.image_mean(per_pixel), reduction)
 
 
 def focal_alpha(alpha: float | Sequence[float] | Tensor | None, prepared: Prepared) -> Tensor | None:

@@ -33,7 +33,6 @@ from seglosses._checks import check_class_weights, check_number, check_one_of, c
 from seglosses.base import Loss, Weighted, check_shared_options, reduce_images
 from seglosses.blocks import (
     class_average_weights,
-    cross_entropy_map,
     dice_error_maps,
     dice_error_sums,
     focal_map,
@@ -41,6 +40,7 @@ from seglosses.blocks import (
     prepare_class_average,
     ratio_per_image,
     ratio_per_pixel,
+    reduced_cross_entropy,
 )
 from seglosses.pixel import CrossEntropyLoss, FocalLoss, cross_entropy_per_pixel, focal_loss, focal_loss_per_pixel
 from seglosses.region import (
@@ -232,10 +232,11 @@ def dice_ce_loss(
     """
     prepared, dice = _prepared_dice(logits, target, squared, batch, mode, include_background, ignore_index, eps,
                                     dice_class_weights)
-    ce = prepared.image_mean(cross_entropy_map(prepared, class_weights, label_smoothing=label_smoothing,
-                                               pos_weight=pos_weight))
-    return reduce_images(_check_lambda("lambda_dice", lambda_dice) * dice + _check_lambda("lambda_ce", lambda_ce) * ce,
-                         reduction)
+    ce = reduced_cross_entropy(prepared, class_weights, label_smoothing=label_smoothing, pos_weight=pos_weight,
+                               reduction=reduction)
+    return reduce_images(_check_lambda("lambda_dice", lambda_dice) * dice, reduction) + (
+        _check_lambda("lambda_ce", lambda_ce) * ce
+    )
 
 
 def dice_ce_loss_per_pixel(

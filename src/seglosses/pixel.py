@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from seglosses._checks import check_class_weights, check_number, check_type, fail
 from seglosses.base import Loss, reduce_images
-from seglosses.blocks import cross_entropy_map, focal_map, pixel_cross_entropy
+from seglosses.blocks import cross_entropy_map, focal_map, pixel_cross_entropy, reduced_cross_entropy
 from seglosses.registry import register_loss
 from seglosses.targets import Prepared, prepare
 
@@ -123,21 +123,8 @@ def cross_entropy(
         True
     """
     prepared = prepare(logits, target, mode=mode, ignore_index=ignore_index)
-    if reduction != "none" and prepared.valid is None and class_weights is None and pos_weight is None:
-        # Every image counts all its pixels with equal weight: the mean of the per-image means is
-        # the global mean, which PyTorch's fused kernels compute without a per-pixel gradient buffer.
-        label_smoothing = check_number("label_smoothing", label_smoothing, low=0.0, high=1.0)
-        if prepared.labels is not None:
-            mean = F.cross_entropy(prepared.logits, prepared.labels, label_smoothing=label_smoothing)
-            return mean if reduction == "mean" else mean * prepared.logits.shape[0]
-        if prepared.mode != "multiclass":
-            dense = prepared.target
-            if label_smoothing:
-                dense = (1.0 - label_smoothing) * dense + label_smoothing / 2
-            mean = F.binary_cross_entropy_with_logits(prepared.logits, dense)
-            return mean if reduction == "mean" else mean * prepared.logits.shape[0]
-    per_pixel = cross_entropy_map(prepared, class_weights, label_smoothing=label_smoothing, pos_weight=pos_weight)
-    return reduce_images(prepared.image_mean(per_pixel), reduction)
+    return reduced_cross_entropy(prepared, class_weights, label_smoothing=label_smoothing, pos_weight=pos_weight,
+                                 reduction=reduction)
 
 
 @register_loss("cross_entropy")
