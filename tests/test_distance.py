@@ -39,16 +39,19 @@ def test_matches_scipy_with_spacing(backend, shape, spacing, device):
     np.testing.assert_allclose(got.cpu().numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("threads", [1, 3], ids=["one-thread", "three-threads"])
 @pytest.mark.parametrize("sparse_fraction", [None, 1.0], ids=["default", "always-sparse"])
 @pytest.mark.parametrize("spacing", [None, (1.9, 0.7, 1.3)])
-def test_scipy_backend_gives_scipys_numbers_exactly(spacing, sparse_fraction, monkeypatch):
+def test_scipy_backend_gives_scipys_numbers_exactly(spacing, sparse_fraction, threads, monkeypatch):
     """The scipy backend works on the mask's bounding box widened by one voxel, settles the voxels next
     to a zero first when the mask is sparse in that box (then transforms only around the others), and
     forms the distances itself: bit for bit scipy's (after the float32 cast), for foregrounds away
     from the image border, touching it, a single voxel, dense noise, specks around two balls, and
-    in 1D, 2D and 3D."""
+    in 1D, 2D and 3D; on one thread or on a pool of threads, one mask per task."""
     if sparse_fraction is not None:
         monkeypatch.setattr(distance_module, "SPARSE_FRACTION", sparse_fraction)
+    monkeypatch.setattr(distance_module, "PARALLEL_MIN_VOXELS", 1)  # every mask counts as large
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
     rng = np.random.default_rng(3)
     shape = (16, 14, 13)
     grid = np.indices(shape)

@@ -31,7 +31,7 @@ DEMO_CONFIGURATIONS = {
     f"envelope_{DEMO_ENVELOPE_PRESET}": [f"envelope.preset={DEMO_ENVELOPE_PRESET}"],
     "paper_best": ["envelope.preset=paper_best"],
 }
-"""The demo's three configurations: plain training, the envelope's class-conditional Bσ and the paper's literal preset."""
+"""The demo's three configurations: plain training, the envelope's class-conditional Bσ, the paper's literal preset."""
 
 DEMO_BASE: dict[str, Any] = {
     "data": {"name": "hc18_demo", "image_size": [64, 96], "split_seed": 0, "noise": {"level": "moderate", "seed": 0}},
