@@ -4,7 +4,8 @@ For each registered loss at three shapes, (8, 4, 256, 256) multiclass, (8, 1, 25
 (2, 3, 96, 96, 96) multiclass 3D, in its default configuration: the forward + backward time (median
 of interleaved repeats, ours and the peer back to back, as benchmarks/speed.py does) and the peak
 memory of one forward + backward. The peers are MONAI's, kornia's and torch's (benchmarks/speed.py's
-table, and sigmoid versions of MONAI's losses for the binary shape); SMP is not installable here
+table, and sigmoid versions of MONAI's losses for the binary shape, where ours takes the same float
+(B, 1, H, W) mask as the peer; integer labels elsewhere); SMP is not installable here
 without replacing torch. The envelope rows time ``TopKBottomSigma`` around ``ce_dice_pixel`` (N = 800
 images, a filled ledger, a batch of 8 distinct indices, mid-schedule) against the bare base loss.
 
@@ -103,8 +104,8 @@ def build(name: str, implementation: str, shape: tuple[int, ...]) -> tuple[LossF
     """The function to measure and the target form it takes.
 
     ``implementation``: "ours", "peer" or "envelope:<preset>" (``name`` is then the base loss)."""
-    if implementation == "ours":
-        return seglosses.create_loss(name), "labels"
+    if implementation == "ours":  # on the binary shape the float mask the sigmoid peers take: identical inputs
+        return seglosses.create_loss(name), ("channel_float" if shape[1] == 1 else "labels")
     if implementation == "peer":
         peer = (BINARY_PEERS if shape[1] == 1 else speed.PEERS)[name]
         return peer.build(), peer.target_form

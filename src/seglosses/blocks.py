@@ -225,8 +225,17 @@ def soft_counts(prepared: Prepared, squared: bool = False) -> SoftCounts:
     ``squared`` (a one-hot target built from labels is its own square)."""
     probs = prepared.probs()
     counted_probs = prepared.mask(probs)
-    target = prepared.target
     prediction = spatial_sums(counted_probs * probs if squared else counted_probs)
+    if prepared.labels is not None and prepared.valid is None:
+        # One-hot target from labels: sum_n p_nc t_nc is the sum of p_c over the pixels labelled c, so gather
+        # each pixel's true-class probability and add it to its class, never building the one-hot tensor.
+        batch, classes = probs.shape[:2]
+        labels = prepared.labels.reshape(batch, -1)
+        at_label = probs.reshape(batch, classes, -1).gather(1, labels.unsqueeze(1)).squeeze(1)
+        intersection = probs.new_zeros(batch, classes).scatter_add_(1, labels, at_label)
+        target_mass = probs.new_zeros(batch, classes).scatter_add_(1, labels, probs.new_ones(()).expand_as(at_label))
+        return SoftCounts(intersection, prediction, target_mass)
+    target = prepared.target
     target_mass = spatial_sums(target * target if squared and prepared.labels is None else target)
     return SoftCounts(spatial_sums(counted_probs * target), prediction, target_mass)
 
