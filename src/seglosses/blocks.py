@@ -233,7 +233,9 @@ def soft_counts(prepared: Prepared, squared: bool = False) -> SoftCounts:
         labels = prepared.labels.reshape(batch, -1)
         at_label = probs.reshape(batch, classes, -1).gather(1, labels.unsqueeze(1)).squeeze(1)
         intersection = probs.new_zeros(batch, classes).scatter_add_(1, labels, at_label)
-        target_mass = probs.new_zeros(batch, classes).scatter_add_(1, labels, probs.new_ones(()).expand_as(at_label))
+        offsets = torch.arange(batch, device=labels.device).unsqueeze(1) * classes  # one bin per (image, class)
+        target_mass = torch.bincount((labels + offsets).view(-1), minlength=batch * classes).view(batch, classes)
+        target_mass = target_mass.to(probs.dtype)
         return SoftCounts(intersection, prediction, target_mass)
     target = prepared.target
     target_mass = spatial_sums(target * target if squared and prepared.labels is None else target)
