@@ -196,8 +196,8 @@ def focal_map(prepared: Prepared, gamma: float, alpha: float | Sequence[float] |
     target = prepared.target
     bce = F.binary_cross_entropy_with_logits(prepared.logits, target, reduction="none")
     probs = prepared.logits.sigmoid()
-    p_true = probs * target + (1.0 - probs) * (1.0 - target)
-    values = bce * (1.0 - p_true).clamp_min(tiny) ** gamma
+    miss = probs + target - 2.0 * probs * target  # 1 - p_true, p_true = p t + (1 - p)(1 - t)
+    values = bce * miss.clamp_min(tiny) ** gamma
     if alpha is not None:
         alpha = channel_view(alpha, prepared)
         values = values * (alpha * target + (1.0 - alpha) * (1.0 - target))
