@@ -226,17 +226,6 @@ def soft_counts(prepared: Prepared, squared: bool = False) -> SoftCounts:
     probs = prepared.probs()
     counted_probs = prepared.mask(probs)
     prediction = spatial_sums(counted_probs * probs if squared else counted_probs)
-    if prepared.labels is not None and prepared.valid is None:
-        # One-hot target from labels: sum_n p_nc t_nc is the sum of p_c over the pixels labelled c, so gather
-        # each pixel's true-class probability and add it to its class, never building the one-hot tensor.
-        batch, classes = probs.shape[:2]
-        labels = prepared.labels.reshape(batch, -1)
-        at_label = probs.reshape(batch, classes, -1).gather(1, labels.unsqueeze(1)).squeeze(1)
-        intersection = probs.new_zeros(batch, classes).scatter_add_(1, labels, at_label)
-        offsets = torch.arange(batch, device=labels.device).unsqueeze(1) * classes  # one bin per (image, class)
-        target_mass = torch.bincount((labels + offsets).view(-1), minlength=batch * classes).view(batch, classes)
-        target_mass = target_mass.to(probs.dtype)
-        return SoftCounts(intersection, prediction, target_mass)
     target = prepared.target
     target_mass = spatial_sums(target * target if squared and prepared.labels is None else target)
     return SoftCounts(spatial_sums(counted_probs * target), prediction, target_mass)
