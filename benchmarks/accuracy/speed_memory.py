@@ -283,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
              f"- {versions}; seglosses commit {described['seglosses_commit']}",
              f"- float32, {described['threads']} thread(s); time: median of interleaved forward + backward "
              f"repeats (ms), ratio = peer / ours (> 1: ours faster); memory: {described['memory']}",
+             "- inputs: ours takes integer labels, except on the binary shape, where it takes the (B, 1, H, W) "
+             "float mask that the sigmoid peers take",
              f"- 1-minute load average before / after: {described['load_average_1min_before_after']}",
              *([f"- Note: {args.note}"] if args.note else []), "", "## Losses", "", *table(records, peers), "",
              f"## The envelope around ce_dice_pixel (N = {ENVELOPE_IMAGES}, filled ledger, epoch 5 of 10)", "",
