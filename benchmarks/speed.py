@@ -280,9 +280,9 @@ def load_average() -> float | None:
 # Why a loss stays below parity with its peer at the median, where the cause is known (profiled).
 BELOW_PARITY_REASONS = {
     "cross_entropy": "ours is torch's F.cross_entropy itself (one fused kernel over the batch) after the label "
-    "check, whose own cost is the 'Value checks' line above: the rest of the gap is machine noise around a "
-    "10 ms step (a 2-thread microbenchmark of 81 rotated repeats on the quiet machine gave 0.96x: ours "
-    "10.76 ms, torch 10.28 ms, ours with value checks off 10.00 ms).",
+    "check: with value checks off ours equals torch (a 2-thread microbenchmark of 81 rotated repeats on the quiet "
+    "machine: torch 9.58 ms, ours 9.57 ms without checks, 10.89 ms with them), so the gap is the check, 4-12% of "
+    "the step by measurement (the 'Value checks' line above), plus machine noise.",
     "lovasz": "both steps are one sort of every (image, class) row (60-70% of the time in torch's profiler) plus "
     "gathers into sorted order. Ours radix-sorts int64 keys (row in the high bits, the error's bits below) in "
     "one call, kornia sorts the float rows: on the AMD EPYC of the 2026-11-22 table ours was 1.3-1.6x faster, "

@@ -32,6 +32,8 @@ __all__ = [
     "prepare_class_average",
     "ratio_per_image",
     "ratio_per_pixel",
+    "reduced_cross_entropy",
+    "smoothed_sigmoid_target",
     "soft_counts",
     "spatial_sums",
     "weighted_mean_per_pixel",
@@ -90,14 +92,17 @@ def pixel_cross_entropy(
             return -(target * log_probs).sum(dim=1), None
         weights = channel_view(class_weights, prepared)
         return -(target * weights * log_probs).sum(dim=1), (prepared.target * weights).sum(dim=1)
-    target = prepared.target
-    if label_smoothing:
-        target = (1.0 - label_smoothing) * target + label_smoothing / 2
+    target = smoothed_sigmoid_target(prepared.target, label_smoothing)
     pos_weight = None if pos_weight is None else channel_view(pos_weight, prepared)
     bce = F.binary_cross_entropy_with_logits(prepared.logits, target, reduction="none", pos_weight=pos_weight)
     if class_weights is not None:
         return (bce * channel_view(class_weights, prepared)).mean(dim=1), None
     return bce.mean(dim=1), None
+
+
+def smoothed_sigmoid_target(target: Tensor, label_smoothing: float) -> Tensor:
+    """The target of each sigmoid channel with label smoothing: :math:`(1-\\epsilon)t + \\epsilon/2` (two outcomes)."""
+    return (1.0 - label_smoothing) * target + label_smoothing / 2 if label_smoothing else target
 
 
 def channel_view(weights: Tensor, prepared: Prepared) -> Tensor:
@@ -153,10 +158,8 @@ def reduced_cross_entropy(
             target = prepared.target if prepared.labels is None else prepared.labels
             mean = F.cross_entropy(prepared.logits, target, label_smoothing=label_smoothing)
         else:
-            target = prepared.target
-            if label_smoothing:
-                target = (1.0 - label_smoothing) * target + label_smoothing / 2
-            mean = F.binary_cross_entropy_with_logits(prepared.logits, target)
+            mean = F.binary_cross_entropy_with_logits(prepared.logits,
+                                                      smoothed_sigmoid_target(prepared.target, label_smoothing))
         return reduce_images(mean.expand(prepared.logits.shape[0]), reduction)
     per_pixel = cross_entropy_map(prepared, class_weights, label_smoothing=label_smoothing, pos_weight=pos_weight)
     return reduce_images(prepared.image_mean(per_pixel), reduction)
@@ -225,8 +228,8 @@ def soft_counts(prepared: Prepared, squared: bool = False) -> SoftCounts:
     ``squared`` (a one-hot target built from labels is its own square)."""
     probs = prepared.probs()
     counted_probs = prepared.mask(probs)
-    prediction = spatial_sums(counted_probs * probs if squared else counted_probs)
     target = prepared.target
+    prediction = spatial_sums(counted_probs * probs if squared else counted_probs)
     target_mass = spatial_sums(target * target if squared and prepared.labels is None else target)
     return SoftCounts(spatial_sums(counted_probs * target), prediction, target_mass)
 
