@@ -111,6 +111,15 @@ def _foreground_weights(prepared: Prepared, include_background: bool, class_weig
     return class_average_weights(prepared, include_background or prepared.mode != "multiclass", class_weights)
 
 
+def _scored_channels(weights: Tensor) -> slice | Tensor:
+    """The channels with a positive weight: a slice when they are consecutive (indexing by it makes
+    views, not copies), else an index tensor."""
+    index = torch.nonzero(weights > 0).flatten().tolist()
+    if not index or index == list(range(index[0], index[-1] + 1)):
+        return slice(index[0], index[-1] + 1) if index else slice(0, 0)
+    return torch.tensor(index, device=weights.device)
+
+
 def _per_pixel_class_mean(values: Tensor, weights: Tensor, prepared: Prepared) -> Tensor:
     """(B, C, *S) per-class terms -> (B, *S) weighted class mean, 0 at ignored pixels."""
     per_pixel = (values * weights.view(1, -1, *([1] * _spatial_count(prepared)))).sum(dim=1)
@@ -280,23 +289,27 @@ def _hausdorff_dt_terms(prepared: Prepared, alpha: float, spacing: Spacing, incl
     weights = _foreground_weights(prepared, include_background)
     probs = prepared.probs()
     spatial_dims = _spatial_count(prepared)
+    scored = _scored_channels(weights)  # distances only for the classes that count
     with torch.no_grad():
-        scored = weights > 0  # distances only for the classes that count
-        predicted = (probs.detach() > 0.5) & prepared.valid_bool().unsqueeze(1)  # ignored pixels: in no region
+        predicted = probs.detach()[:, scored] > 0.5
+        if prepared.valid is not None:  # ignored pixels: in no region
+            predicted &= prepared.valid_bool().unsqueeze(1)
+        regions = prepared.target[:, scored] > 0.5
+
         def fields(regions: Tensor, spacing: Spacing, backend: str) -> Tensor:
             return boundary_distance(regions, spacing, spatial_dims=spatial_dims, backend=backend)
 
         if cache is None:  # one call for both fields
-            both = fields(torch.cat([_regions(prepared)[:, scored], predicted[:, scored]], dim=1), spacing, backend)
-            target_field, prediction_field = both.to(probs.dtype).chunk(2, dim=1)
+            both = fields(torch.cat([regions, predicted], dim=1), spacing, backend)
+            target_field, prediction_field = both.chunk(2, dim=1)
         else:
-            target_field = _target_maps(_regions(prepared)[:, scored], "boundary", spacing, backend, cache, fields)
-            prediction_field = fields(predicted[:, scored], spacing, backend)
-            target_field, prediction_field = target_field.to(probs.dtype), prediction_field.to(probs.dtype)
-        distance = torch.zeros_like(probs)
-        distance[:, scored] = target_field**alpha + prediction_field**alpha
-    errors = (probs - prepared.target) ** 2
-    return _per_pixel_class_mean(errors * distance, weights, prepared)
+            target_field = _target_maps(regions, "boundary", spacing, backend, cache, fields)
+            prediction_field = fields(predicted, spacing, backend)
+        distance = target_field.to(probs.dtype).pow(alpha)  # a new tensor: a cached map stays as it is
+        distance += prediction_field.to(probs.dtype).pow_(alpha)
+        distance *= weights[scored].view(1, -1, *([1] * spatial_dims))  # the class mean's weights, folded in
+    errors = (probs[:, scored] - prepared.target[:, scored]) ** 2
+    return prepared.mask((errors * distance).sum(dim=1))
 
 
 def hausdorff_dt_loss(

@@ -342,15 +342,12 @@ def distance_transform(
     return _distances(mask, spacing, backend)
 
 
-def _inside_outside(mask: Tensor, spacing: tuple[float, ...], backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    """Distances inside (to the outside) and outside (to the inside), both 0 where undefined, and a
-    (..., 1, ..., 1) flag of the masks that have a boundary (neither empty nor full)."""
-    spatial = tuple(range(mask.ndim - len(spacing), mask.ndim))
-    has_boundary = mask.any(dim=spatial, keepdim=True) & ~mask.all(dim=spatial, keepdim=True)
-    both = _distances(torch.stack([mask, ~mask]), spacing, backend)
-    inside = torch.where(has_boundary, both[0], 0.0)
-    outside = torch.where(has_boundary, both[1], 0.0)
-    return inside, outside, has_boundary
+def _inside_outside(mask: Tensor, spacing: tuple[float, ...], backend: str) -> tuple[Tensor, Tensor]:
+    """Distances inside (to the outside) and outside (to the inside), each 0 on the other side. A mask
+    without a boundary has inf throughout one of them (a full mask inside, an empty one outside), which
+    is how the callers find and zero it without a reduction over the mask."""
+    inside, outside = _distances(torch.stack([mask, ~mask]), spacing, backend)
+    return inside, outside
 
 
 def signed_distance(
@@ -368,8 +365,8 @@ def signed_distance(
     """
     mask = _as_mask(mask)
     spatial_dims, spacing = _resolve_dims(mask, spacing, spatial_dims)
-    inside, outside, _ = _inside_outside(mask, spacing, _check_backend(backend, mask.device))
-    return outside - inside
+    inside, outside = _inside_outside(mask, spacing, _check_backend(backend, mask.device))
+    return outside.sub_(inside).nan_to_num_(posinf=0.0, neginf=0.0)  # fresh halves of one result: in place
 
 
 def boundary_distance(
@@ -387,8 +384,8 @@ def boundary_distance(
     """
     mask = _as_mask(mask)
     spatial_dims, spacing = _resolve_dims(mask, spacing, spatial_dims)
-    inside, outside, _ = _inside_outside(mask, spacing, _check_backend(backend, mask.device))
-    return inside + outside
+    inside, outside = _inside_outside(mask, spacing, _check_backend(backend, mask.device))
+    return outside.add_(inside).nan_to_num_(posinf=0.0)  # fresh halves of one result: in place
 
 
 _KIND_FUNCTIONS = {"signed": signed_distance, "unsigned": distance_transform, "boundary": boundary_distance}
