@@ -136,23 +136,27 @@ def _squared_lengths(steps: np.ndarray, sampling: tuple[float, ...] | None) -> n
     return squared
 
 
-def _edt_of_box(mask: np.ndarray, box: tuple[slice, ...], sampling: tuple[float, ...] | None) -> np.ndarray:
+def _edt_of_box(
+    mask: np.ndarray, box: tuple[slice, ...], sampling: tuple[float, ...] | None, out: np.ndarray | None = None
+) -> np.ndarray:
     """scipy's distances over ``mask[box]``, exact wherever the nearest zero voxel lies in ``box``:
-    the feature transform, then the distances formed without scipy's full-size index grid."""
+    the feature transform, then the distances formed without scipy's full-size index grid, in place
+    in the index array. ``out``: where to write them (a float32 view rounds scipy's float64 square
+    roots once, as a later cast would)."""
     crop = mask[box]
     nearest = ndimage.distance_transform_edt(crop, sampling=sampling, return_distances=False, return_indices=True)
     squared = None
     for axis in range(crop.ndim):
-        position = np.arange(crop.shape[axis], dtype=np.int32)
-        position = position.reshape([-1 if other == axis else 1 for other in range(crop.ndim)])
-        step = nearest[axis] - position
+        position = np.arange(crop.shape[axis], dtype=nearest.dtype)
+        step = nearest[axis]
+        step -= position.reshape([-1 if other == axis else 1 for other in range(crop.ndim)])
         if sampling is None:
-            term = step * step  # exact integers: any order of the sum gives scipy's numbers
+            term = np.multiply(step, step, out=step)  # exact integers: any order of the sum gives scipy's numbers
         else:
             term = step.astype(np.float64) * sampling[axis]
             term *= term
-        squared = term if squared is None else squared + term
-    return np.sqrt(squared)
+        squared = term if squared is None else np.add(squared, term, out=squared)
+    return np.sqrt(squared, out=out, dtype=np.float64)
 
 
 def _near_zero_pass(
@@ -187,8 +191,9 @@ def _near_zero_pass(
     return points, index, distance, reach
 
 
-def _scipy_edt(mask: np.ndarray, sampling: tuple[float, ...] | None) -> np.ndarray:
-    """scipy's ``distance_transform_edt(mask, sampling)``, the same float64 numbers, for less work.
+def _scipy_edt(mask: np.ndarray, sampling: tuple[float, ...] | None, out: np.ndarray | None = None) -> np.ndarray:
+    """scipy's ``distance_transform_edt(mask, sampling)``, the same float64 numbers (rounded once to
+    the dtype of ``out`` when given), for less work.
 
     The nearest zero voxel of a voxel in the box of the True voxels is in that box widened by one
     (a zero voxel further out has a nearer one on the widened border), so the feature transform runs
@@ -200,7 +205,10 @@ def _scipy_edt(mask: np.ndarray, sampling: tuple[float, ...] | None) -> np.ndarr
     from ``u`` is ``t`` from every zero, so the voxels nearest the segment beyond ``r + h`` are
     unresolved too, and they are 26-connected to ``v``.
     """
-    out = np.zeros(mask.shape)
+    if out is None:
+        out = np.zeros(mask.shape)
+    else:
+        out.fill(0.0)
     box = _crop_box(mask)
     if box is None:
         return out
@@ -228,7 +236,7 @@ def _scipy_edt(mask: np.ndarray, sampling: tuple[float, ...] | None) -> np.ndarr
                 inside = parts[near] == label
                 out[near][inside] = _edt_of_box(mask, near, sampling)[inside]
             return out
-    out[box] = _edt_of_box(mask, box, sampling)
+    _edt_of_box(mask, box, sampling, out=out[box])
     return out
 
 
@@ -238,7 +246,10 @@ def _scipy_distances(masks: np.ndarray, spacing: tuple[float, ...]) -> np.ndarra
     sampling = None if all(step == 1.0 for step in spacing) else spacing  # skips scipy's rescaling pass
 
     def fill(index: int) -> None:
-        out[index] = np.inf if masks[index].all() else _scipy_edt(masks[index], sampling)
+        if masks[index].all():
+            out[index] = np.inf
+        else:
+            _scipy_edt(masks[index], sampling, out=out[index])
 
     workers = min(torch.get_num_threads(), len(masks))
     if workers > 1 and masks[0].size >= PARALLEL_MIN_VOXELS:
