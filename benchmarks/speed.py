@@ -361,7 +361,8 @@ def below_parity_lines(rows: list[Row], costs: list[dict]) -> list[str]:
         elif reason is None:
             reason = ("no cause recorded in BELOW_PARITY_REASONS; the fastest runs give a ratio of "
                       f"{row.best_ratio:.2f} and the paired repeats {row.paired_ratio:.2f}: profile it")
-        lines.append(f"- {row.loss} {shape} ({row.ratio:.2f}): {reason}")
+        lines.append(f"- {row.loss} {shape} ({row.ratio:.2f}; ours' interquartile range {100 * row.spread:.0f}% of its "
+                     f"median): {reason}")
     if not below:
         lines.append("- none")
     return [*lines, ""]
