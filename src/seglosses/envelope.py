@@ -1628,9 +1628,9 @@ class TopKBottomSigma(nn.Module):
                 f"Epoch {epoch}: the image weights keep K = {box.K:.1f} of N = {self.num_images} images, so N/K = "
                 f"{box.n_over_k:.1f} > max_grad_scale = {self.config.max_grad_scale:g}: gradients are scaled by "
                 f"{box.n_over_k:.1f} and about {self._weightless_probability(box, batch):.0%} of batches of {batch} "
-                f"hold no weighted image (loss 0, no gradient). paper_best ends like this and lost 7-18 Dice points "
-                f"to ERM in this project's runs (docs/envelope.md); consider a larger end_fraction or top_fraction, "
-                f"min_weight > 0 or batch_norm='batch_mean'."))
+                f"hold no weighted image (loss 0, no gradient). paper_best ends like this and lost 7 to 62 Dice "
+                f"points to ERM on HC18, FUSeg and ACDC in this project's runs (docs/envelope.md); consider a "
+                f"larger end_fraction or top_fraction, min_weight > 0 or batch_norm='batch_mean'."))
         if "weightless" not in self._epoch_warned and self._reads_are_free():
             if bool(weightless):
                 self._warn_this_epoch("weightless", (
