@@ -87,9 +87,9 @@ def _check_backend(backend: str) -> str:
     return backend
 
 
-def _regions(prepared: Prepared) -> Tensor:
-    """(B, C, *S) bool class regions of the hard target (ignored pixels in none)."""
-    return prepared.target > 0.5
+def _regions(prepared: Prepared, channels=slice(None)) -> Tensor:
+    """(B, C', *S) bool regions of the hard target in ``channels`` (ignored pixels in none)."""
+    return prepared.target[:, channels] > 0.5
 
 
 def _target_maps(regions: Tensor, name: str, spacing: Spacing, backend: str, cache, make) -> Tensor:
@@ -120,9 +120,10 @@ def _scored_channels(weights: Tensor) -> slice | Tensor:
     return torch.tensor(index, device=weights.device)
 
 
-def _per_pixel_class_mean(values: Tensor, weights: Tensor, prepared: Prepared) -> Tensor:
-    """(B, C, *S) per-class terms -> (B, *S) weighted class mean, 0 at ignored pixels."""
-    per_pixel = (values * weights.view(1, -1, *([1] * _spatial_count(prepared)))).sum(dim=1)
+def _per_pixel_class_mean(values: Tensor, weights: Tensor, prepared: Prepared, channels=slice(None)) -> Tensor:
+    """(B, C', *S) per-class terms of the ``channels`` C' -> (B, *S) weighted class mean, 0 at ignored pixels.
+    Passing only the scored channels (:func:`_scored_channels`) skips the classes of weight 0."""
+    per_pixel = (values * weights[channels].view(1, -1, *([1] * _spatial_count(prepared)))).sum(dim=1)
     return prepared.mask(per_pixel)
 
 
@@ -178,12 +179,11 @@ def boundary_loss_per_pixel(
 def _boundary_terms(prepared: Prepared, spacing: Spacing, include_background: bool, backend: str,
                     cache) -> Tensor:
     weights = _foreground_weights(prepared, include_background)
-    scored = weights > 0  # maps only for the classes that count
-    maps = torch.zeros_like(prepared.logits)
-    maps[:, scored] = _target_maps(
-        _regions(prepared)[:, scored], "kervadec", spacing, _check_backend(backend), cache, _kervadec_maps
+    scored = _scored_channels(weights)  # maps only for the classes that count
+    maps = _target_maps(
+        _regions(prepared, scored), "kervadec", spacing, _check_backend(backend), cache, _kervadec_maps
     ).to(prepared.logits.dtype)
-    return _per_pixel_class_mean(maps * prepared.probs(), weights, prepared)
+    return _per_pixel_class_mean(maps * prepared.probs()[:, scored], weights, prepared, scored)
 
 
 def boundary_loss(
@@ -294,7 +294,7 @@ def _hausdorff_dt_terms(prepared: Prepared, alpha: float, spacing: Spacing, incl
         predicted = probs.detach()[:, scored] > 0.5
         if prepared.valid is not None:  # ignored pixels: in no region
             predicted &= prepared.valid_bool().unsqueeze(1)
-        regions = prepared.target[:, scored] > 0.5
+        regions = _regions(prepared, scored)
 
         def fields(regions: Tensor, spacing: Spacing, backend: str) -> Tensor:
             return boundary_distance(regions, spacing, spatial_dims=spatial_dims, backend=backend)
@@ -307,9 +307,8 @@ def _hausdorff_dt_terms(prepared: Prepared, alpha: float, spacing: Spacing, incl
             prediction_field = fields(predicted, spacing, backend)
         distance = target_field.to(probs.dtype).pow(alpha)  # a new tensor: a cached map stays as it is
         distance += prediction_field.to(probs.dtype).pow_(alpha)
-        distance *= weights[scored].view(1, -1, *([1] * spatial_dims))  # the class mean's weights, folded in
     errors = (probs[:, scored] - prepared.target[:, scored]) ** 2
-    return prepared.mask((errors * distance).sum(dim=1))
+    return _per_pixel_class_mean(errors * distance, weights, prepared, scored)
 
 
 def hausdorff_dt_loss(
