@@ -228,8 +228,8 @@ def soft_counts(prepared: Prepared, squared: bool = False) -> SoftCounts:
     ``squared`` (a one-hot target built from labels is its own square)."""
     probs = prepared.probs()
     counted_probs = prepared.mask(probs)
-    target = prepared.target
     prediction = spatial_sums(counted_probs * probs if squared else counted_probs)
+    target = prepared.target
     target_mass = spatial_sums(target * target if squared and prepared.labels is None else target)
     return SoftCounts(spatial_sums(counted_probs * target), prediction, target_mass)
 
